@@ -1,0 +1,64 @@
+"""poolkit.ops: the framework-free NumPy reference, forward and backward.
+
+Every operator is ``NAME(x, <other arrays>, **settings)`` with PyTorch's
+argument names, N-d over the trailing spatial axes, with ``*1d/2d/3d``
+aliases; :func:`vjp` gives ``(outputs, pullback)`` for any of them.
+"""
+
+from ._api import vjp
+from .adaptive import (
+    adaptive_avg_pool,
+    adaptive_avg_pool1d,
+    adaptive_avg_pool2d,
+    adaptive_avg_pool3d,
+    adaptive_max_pool,
+    adaptive_max_pool1d,
+    adaptive_max_pool2d,
+    adaptive_max_pool3d,
+    global_avg_pool,
+    global_max_pool,
+)
+from .avg_pool import avg_pool, avg_pool1d, avg_pool2d, avg_pool3d
+from .fractional import (
+    fractional_max_pool,
+    fractional_max_pool1d,
+    fractional_max_pool2d,
+    fractional_max_pool3d,
+)
+from .lp_pool import lp_pool, lp_pool1d, lp_pool2d, lp_pool3d
+from .max_pool import max_pool, max_pool1d, max_pool2d, max_pool3d
+from .unpool import max_unpool, max_unpool1d, max_unpool2d, max_unpool3d
+
+__all__ = [
+    "vjp",
+    "max_pool",
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "avg_pool",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "lp_pool",
+    "lp_pool1d",
+    "lp_pool2d",
+    "lp_pool3d",
+    "adaptive_max_pool",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool3d",
+    "adaptive_avg_pool",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "global_max_pool",
+    "global_avg_pool",
+    "fractional_max_pool",
+    "fractional_max_pool1d",
+    "fractional_max_pool2d",
+    "fractional_max_pool3d",
+    "max_unpool",
+    "max_unpool1d",
+    "max_unpool2d",
+    "max_unpool3d",
+]

@@ -1,0 +1,104 @@
+"""The shared list of named pooling cases.
+
+One list feeds the NumPy tests, and later the torch and Keras ones. Each
+case is an input shape and window settings accepted by both poolkit and
+PyTorch; ``kind`` says which values to fill the input with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+
+@dataclass(frozen=True)
+class Case:
+    shape: tuple[int, ...]
+    kernel_size: Any
+    stride: Any = None
+    padding: Any = 0
+    dilation: Any = 1
+    ceil_mode: bool = False
+    kind: str = "normal"  # normal | ties | negative | nan | distinct
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def nd(self) -> int:
+        return len(self.shape) - 2
+
+    def window(self) -> dict[str, Any]:
+        return dict(
+            kernel_size=self.kernel_size, stride=self.stride, padding=self.padding, ceil_mode=self.ceil_mode
+        )
+
+    def input(self, rng: np.random.Generator, dtype: Any = np.float64) -> np.ndarray:
+        if self.kind == "ties":
+            x = rng.integers(-2, 3, size=self.shape).astype(dtype)
+        elif self.kind == "negative":
+            x = -rng.uniform(1.0, 5.0, size=self.shape).astype(dtype)
+        elif self.kind == "nan":
+            x = rng.standard_normal(self.shape).astype(dtype)
+            flat = x.reshape(-1)
+            flat[rng.choice(flat.size, size=max(1, flat.size // 7), replace=False)] = np.nan
+        elif self.kind == "distinct":
+            from helpers import distinct
+
+            x = distinct(self.shape, rng).astype(dtype)
+        else:
+            x = rng.standard_normal(self.shape).astype(dtype)
+        return x
+
+
+def _p(case: Case, id: str) -> Any:
+    return pytest.param(case, id=id)
+
+
+# Sliding-window cases valid for both max and average pooling in PyTorch.
+WINDOW_CASES = [
+    _p(Case((2, 3, 8, 8), 2), "2d-k2"),
+    _p(Case((2, 3, 9, 11), 3, 2, 1), "2d-k3s2p1-odd"),
+    _p(Case((2, 2, 7, 7), 2, 3, ceil_mode=True), "2d-k2s3-ceil"),
+    _p(Case((1, 2, 6, 7), 3, 2, 1, ceil_mode=True), "2d-pad-odd-ceil"),
+    _p(Case((1, 2, 5, 5), 2, 2, 1, ceil_mode=True), "2d-ceil-last-window-dropped"),
+    _p(Case((2, 3, 6, 6), 2, 1, kind="ties"), "2d-ties-overlap"),
+    _p(Case((2, 3, 7, 7), 3, 2, 1, kind="ties"), "2d-ties-pad"),
+    _p(Case((2, 2, 6, 6), 3, 1, 1, kind="negative"), "2d-all-negative-pad"),
+    _p(Case((1, 2, 5, 6), (5, 6)), "2d-kernel-equals-input"),
+    _p(Case((2, 2, 6, 9), (2, 3), (1, 2), (1, 0)), "2d-anisotropic"),
+    _p(Case((2, 4, 9), 3, 2, 1), "1d-k3s2p1"),
+    _p(Case((2, 3, 10), 4, 3, 2, ceil_mode=True), "1d-ceil"),
+    _p(Case((1, 2, 5, 6, 7), 2), "3d-k2"),
+    _p(Case((1, 2, 5, 6, 7), 3, 2, 1, ceil_mode=True), "3d-k3s2p1-ceil"),
+    _p(Case((0, 3, 6, 6), 2), "2d-empty-batch"),
+]
+
+# Cases only max pooling supports in PyTorch (dilation, NaN).
+MAX_ONLY_CASES = [
+    _p(Case((2, 3, 9, 9), 3, 1, 1, dilation=2), "2d-dilation"),
+    _p(Case((1, 2, 11, 10), 3, 2, 1, dilation=(3, 2), ceil_mode=True), "2d-dilation-ceil"),
+    _p(Case((2, 3, 8, 8), 3, 2, 1, kind="nan"), "2d-nan"),
+    _p(Case((2, 2, 12), 2, 1, 1, dilation=3), "1d-dilation"),
+    _p(Case((1, 2, 2, 2), 2, 1, 1, dilation=3), "2d-window-without-valid-tap"),
+]
+
+ALL_MAX_CASES = WINDOW_CASES + MAX_ONLY_CASES
+
+# Adaptive output sizes: (input shape, output size)
+ADAPTIVE_CASES = [
+    pytest.param((2, 3, 8, 8), 4, id="2d-divisible"),
+    pytest.param((2, 3, 7, 10), (3, 4), id="2d-non-divisible"),
+    pytest.param((1, 2, 5, 5), 3, id="2d-5to3"),
+    pytest.param((1, 2, 3, 5), (5, 7), id="2d-upsample"),
+    pytest.param((1, 2, 6, 9), (None, 4), id="2d-none-keeps-axis"),
+    pytest.param((2, 3, 13), 5, id="1d-non-divisible"),
+    pytest.param((1, 2, 5, 6, 7), (2, 3, 4), id="3d"),
+    pytest.param((2, 3, 7, 7), 1, id="2d-global"),
+]
+
+
+def select(params: list[Any], exclude: tuple[str, ...] = (), where: Any = None) -> list[Any]:
+    """Filter a list of ``pytest.param`` cases by id and by a predicate on the case."""
+    return [p for p in params if p.id not in exclude and (where is None or where(p.values[0]))]

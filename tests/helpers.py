@@ -1,0 +1,72 @@
+"""Test helpers: finite differences, distinct-valued inputs, torch bridges."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from poolkit.ops import vjp
+
+
+def distinct(shape: tuple[int, ...], rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
+    """Float64 values with no ties and gaps >= 1e-3 (safe for finite differences of max)."""
+    n = int(np.prod(shape))
+    vals = (rng.permutation(n) - n / 2) * 1e-2 * scale + rng.uniform(-1e-4, 1e-4, n)
+    return vals.reshape(shape)
+
+
+def numeric_grad(
+    f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, g: np.ndarray, eps: float = 1e-6
+) -> np.ndarray:
+    """Central finite-difference vector-Jacobian product ``g . df/dx`` in float64."""
+    x = np.array(x, dtype=np.float64)
+    out = np.zeros_like(x)
+    flat = x.reshape(-1)
+    gout = out.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = np.sum(np.asarray(f(x), dtype=np.float64) * g)
+        flat[i] = old - eps
+        fm = np.sum(np.asarray(f(x), dtype=np.float64) * g)
+        flat[i] = old
+        gout[i] = (fp - fm) / (2 * eps)
+    return out
+
+
+def check_fd(
+    op: str, x: np.ndarray, rng: np.random.Generator, rtol: float = 1e-6, atol: float = 1e-7, **kw: Any
+) -> None:
+    """Assert the analytic ``vjp`` matches finite differences for ``x``."""
+    y, pullback = vjp(op, x, **kw)
+    y = y[0] if isinstance(y, tuple) else y
+    g = rng.standard_normal(y.shape)
+    analytic = pullback(g)["x"]
+
+    def f(v: np.ndarray) -> np.ndarray:
+        out = vjp(op, v, **kw)[0]
+        return out[0] if isinstance(out, tuple) else out
+
+    numeric = numeric_grad(f, x, g)
+    np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol)
+
+
+def torch_vjp(
+    fn: Callable[..., Any], x: np.ndarray, g: np.ndarray | None, *args: Any, **kw: Any
+) -> tuple[np.ndarray, np.ndarray | None, Any]:
+    """Run a torch function on ``x`` (float64 or given dtype) and return output, input grad, extras."""
+    import torch
+
+    xt = torch.tensor(x, requires_grad=g is not None)
+    out = fn(xt, *args, **kw)
+    extra = None
+    if isinstance(out, tuple):
+        out, extra = out
+        extra = extra.numpy()
+    grad = None
+    if g is not None:
+        out.backward(torch.tensor(g, dtype=out.dtype))
+        grad = xt.grad.numpy()
+    return out.detach().numpy(), grad, extra

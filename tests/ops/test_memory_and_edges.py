@@ -1,0 +1,67 @@
+"""No kernel-volume copies: peak extra memory, empty batches, operator-wide edges."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from poolkit.ops import vjp
+
+CALLS = [
+    pytest.param("max_pool2d", dict(kernel_size=3, stride=2, padding=1), id="max-resnet-stem"),
+    pytest.param("max_pool2d", dict(kernel_size=3, stride=1, padding=1), id="max-stride1"),
+    pytest.param("avg_pool2d", dict(kernel_size=3, stride=1, padding=1), id="avg-stride1"),
+    pytest.param("lp_pool2d", dict(norm_type=3.0, kernel_size=3, stride=1), id="lp-stride1"),
+    pytest.param("adaptive_max_pool2d", dict(output_size=7), id="adaptive-max"),
+    pytest.param("adaptive_avg_pool2d", dict(output_size=(5, 9)), id="adaptive-avg"),
+    pytest.param("fractional_max_pool2d", dict(kernel_size=2, output_ratio=0.6, rng=0), id="fractional"),
+]
+
+
+@pytest.mark.parametrize("op,kw", CALLS)
+def test_peak_memory_within_three_times_input_plus_output(op, kw):
+    x = np.random.default_rng(0).standard_normal((4, 16, 64, 64), dtype=np.float32)
+    y = vjp(op, x, **kw)[0]
+    g = np.ones_like(y)  # the upstream gradient is the caller's memory
+    io = x.nbytes + y.nbytes
+    tracemalloc.start()
+    try:
+        y, pullback = vjp(op, x, **kw)
+        pullback(g)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # A kernel-volume copy (sliding_window_view(...).reshape) would be 9x the input here.
+    assert peak <= 3 * io, f"{op}: peak {peak / io:.2f} x (input + output)"
+
+
+@pytest.mark.parametrize("op,kw", CALLS)
+def test_empty_batch(op, kw):
+    x = np.zeros((0, 3, 12, 12))
+    y, pullback = vjp(op, x, **kw)
+    assert y.shape[0] == 0
+    assert pullback(np.zeros(y.shape))["x"].shape == x.shape
+
+
+@pytest.mark.parametrize("op,kw", CALLS)
+def test_input_is_never_modified(op, kw):
+    x = np.random.default_rng(1).standard_normal((2, 3, 12, 12))
+    x0 = x.copy()
+    y, pullback = vjp(op, x, **kw)
+    g = np.ones_like(y)
+    g0 = g.copy()
+    pullback(g)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(g, g0)
+
+
+@pytest.mark.parametrize("op,kw", CALLS)
+def test_float16_in_float16_out(op, kw):
+    x = np.random.default_rng(2).standard_normal((2, 3, 12, 12)).astype(np.float16)
+    y, pullback = vjp(op, x, **kw)
+    assert y.dtype == np.float16
+    assert pullback(np.ones_like(y))["x"].dtype == np.float16
+    y32 = vjp(op, x.astype(np.float32), **kw)[0]
+    np.testing.assert_allclose(y.astype(np.float32), y32, rtol=2e-3, atol=2e-3)
