@@ -155,7 +155,9 @@ def test_adaptive_bins_and_window():
     assert starts.tolist() == [0, 0, 1] and stops.tolist() == [1, 2, 2]
     ax = adaptive_window(12, 4)
     assert ax is not None and (ax.kernel, ax.stride, ax.out) == (3, 3, 4)
-    assert adaptive_window(7, 3) is None
+    assert adaptive_window(5, 3) is None  # bins [0, 2), [1, 4), [3, 5): no common stride
+    ax = adaptive_window(50, 7)  # bins [7i, 7i + 8): a plain window k=8, s=7
+    assert ax is not None and (ax.kernel, ax.stride, ax.out) == (8, 7, 7)
     assert adaptive_output_size("op", (5, 6), (None, 2)) == (5, 2)
 
 

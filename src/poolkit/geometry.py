@@ -390,15 +390,28 @@ def adaptive_bins(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def adaptive_window(size: int, out: int) -> AxisWindow | None:
-    """The sliding window equal to adaptive pooling when ``size % out == 0``, else None.
+    """The sliding window equal to adaptive pooling's bins, or None if there is none.
 
-    Then every bin is ``[i * k, (i + 1) * k)`` with ``k = size // out``: a plain
-    window with ``kernel = stride = k`` and no padding.
+    When every bin has the same length ``k`` and the starts step by a constant
+    ``s`` (always so when ``size % out == 0``, and e.g. 50 -> 7 gives k=8, s=7),
+    the bins are a plain window with ``kernel=k, stride=s`` and no padding.
+
+    Examples
+    --------
+    >>> ax = adaptive_window(50, 7)
+    >>> ax.kernel, ax.stride
+    (8, 7)
+    >>> adaptive_window(5, 3) is None   # bins [0, 2), [1, 4), [3, 5)
+    True
     """
-    if size % out:
+    starts, stops = adaptive_bins(size, out)
+    lengths = stops - starts
+    steps = np.diff(starts)
+    if (lengths != lengths[0]).any() or (out > 1 and ((steps != steps[0]).any() or steps[0] < 1)):
         return None
-    k = size // out
-    return AxisWindow(size, k, k, 1, 0, 0, out, False)
+    k = int(lengths[0])
+    s = int(steps[0]) if out > 1 else k
+    return AxisWindow(size, k, s, 1, 0, 0, out, False)
 
 
 # --------------------------------------------------------------------------- fractional

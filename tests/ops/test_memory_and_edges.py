@@ -22,7 +22,8 @@ CALLS = [
 
 @pytest.mark.parametrize("op,kw", CALLS)
 def test_peak_memory_within_three_times_input_plus_output(op, kw):
-    x = np.random.default_rng(0).standard_normal((4, 16, 64, 64), dtype=np.float32)
+    # 16 MiB: large enough that the engine works block by block, as it does on real tensors
+    x = np.random.default_rng(0).standard_normal((16, 16, 128, 128), dtype=np.float32)
     y = vjp(op, x, **kw)[0]
     g = np.ones_like(y)  # the upstream gradient is the caller's memory
     io = x.nbytes + y.nbytes
@@ -65,3 +66,30 @@ def test_float16_in_float16_out(op, kw):
     assert pullback(np.ones_like(y))["x"].dtype == np.float16
     y32 = vjp(op, x.astype(np.float32), **kw)[0]
     np.testing.assert_allclose(y.astype(np.float32), y32, rtol=2e-3, atol=2e-3)
+
+
+def test_threads_give_identical_results():
+    from poolkit.ops import get_num_threads, set_num_threads
+
+    x = np.random.default_rng(3).standard_normal((8, 32, 64, 64)).astype(np.float32)
+    x[0, 0, 5, 5] = np.nan
+    calls = [
+        ("max_pool2d", dict(kernel_size=3, stride=2, padding=1, return_indices=True)),
+        ("avg_pool2d", dict(kernel_size=3, stride=2, padding=1)),
+        ("adaptive_max_pool2d", dict(output_size=5)),
+    ]
+    ref = []
+    for op, kw in calls:
+        y, pb = vjp(op, x, **kw)
+        ref.append((y, pb(np.ones_like(y[0] if isinstance(y, tuple) else y))["x"]))
+    assert get_num_threads() == 1
+    try:
+        set_num_threads(2)
+        for (op, kw), (y0, g0) in zip(calls, ref):
+            y, pb = vjp(op, x, **kw)
+            np.testing.assert_array_equal(
+                y[0] if isinstance(y, tuple) else y, y0[0] if isinstance(y0, tuple) else y0
+            )
+            np.testing.assert_array_equal(pb(np.ones_like(y[0] if isinstance(y, tuple) else y))["x"], g0)
+    finally:
+        set_num_threads(1)

@@ -109,7 +109,9 @@ def test_channels_last_equals_channels_first(cfg):
         assume(False)
     x, _ = _input(shape, ties, seed)
     xl = np.moveaxis(x, 1, -1).copy()
-    for op in ("max_pool", "avg_pool"):
-        y = vjp(op, x, **kw)[0]
-        yl = vjp(op, xl, data_format="channels_last", **kw)[0]
-        np.testing.assert_array_equal(np.moveaxis(yl, -1, 1), y)
+    y = vjp("max_pool", x, **kw)[0]
+    yl = vjp("max_pool", xl, data_format="channels_last", **kw)[0]
+    np.testing.assert_array_equal(np.moveaxis(yl, -1, 1), y)  # max is exact in any order
+    y = vjp("avg_pool", x, **kw)[0]
+    yl = vjp("avg_pool", xl, data_format="channels_last", **kw)[0]
+    np.testing.assert_allclose(np.moveaxis(yl, -1, 1), y, rtol=1e-12, atol=1e-15)  # sums: another order

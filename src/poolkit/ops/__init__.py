@@ -6,6 +6,7 @@ aliases; :func:`vjp` gives ``(outputs, pullback)`` for any of them.
 """
 
 from ._api import vjp
+from ._engine import get_num_threads, set_num_threads
 from .adaptive import (
     adaptive_avg_pool,
     adaptive_avg_pool1d,
@@ -31,6 +32,8 @@ from .unpool import max_unpool, max_unpool1d, max_unpool2d, max_unpool3d
 
 __all__ = [
     "vjp",
+    "set_num_threads",
+    "get_num_threads",
     "max_pool",
     "max_pool1d",
     "max_pool2d",

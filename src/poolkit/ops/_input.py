@@ -67,11 +67,14 @@ class Batch:
         """A new channels-first view ``shape`` whose memory follows the user's layout."""
         dtype = self.x.dtype if dtype is None else dtype
         shape = tuple(shape)
-        if self.channels_last:
-            phys = (shape[0], *shape[2:], shape[1])
-            arr = np.empty(phys, dtype) if fill is None else np.full(phys, fill, dtype)
-            return np.moveaxis(arr, -1, 1)
-        return np.empty(shape, dtype) if fill is None else np.full(shape, fill, dtype)
+        phys = (shape[0], *shape[2:], shape[1]) if self.channels_last else shape
+        if fill is None:
+            arr = np.empty(phys, dtype)
+        elif fill == 0:
+            arr = np.zeros(phys, dtype)  # calloc: the kernel's zeroed pages, no extra fill pass
+        else:
+            arr = np.full(phys, fill, dtype)
+        return np.moveaxis(arr, -1, 1) if self.channels_last else arr
 
     def zeros(self, shape: Sequence[int], dtype: Any = None) -> np.ndarray:
         return self.empty(shape, dtype, 0)

@@ -20,10 +20,10 @@ from ._engine import (
     GatherAxis,
     adaptive_axis,
     compose_indices,
-    max_pass,
-    max_pass_backward,
-    sum_pass,
-    sum_pass_backward,
+    max_passes,
+    max_passes_backward,
+    sum_passes,
+    sum_passes_backward,
 )
 from ._input import Batch, check_grad, infer_ndim, prepare
 
@@ -94,11 +94,10 @@ def adaptive_avg_pool(x: Any, output_size: Any, *, data_format: str = "channels_
 class _Ctx:
     batch: Batch
     axes: tuple[AxisWindow | GatherAxis, ...]
-    args: tuple[Any, ...]
+    winners: Any  # Winners, or the per-plane flat winners for "global-max"
     divisors: tuple[Any, ...]
-    in_shapes: tuple[tuple[int, ...], ...]
     out_shape: tuple[int, ...]
-    kind: str
+    kind: str  # "max" | "avg" | "global-max" | "global-avg"
 
 
 def _plan(batch: Batch, output_size: Any, op: str) -> tuple[AxisWindow | GatherAxis, ...]:
@@ -109,6 +108,14 @@ def _plan(batch: Batch, output_size: Any, op: str) -> tuple[AxisWindow | GatherA
         regular = adaptive_window(n, o)
         axes.append(regular if regular is not None else adaptive_axis(n, o, full, 2 + j))
     return tuple(axes)
+
+
+def _planes(a: np.ndarray, channels_last: bool) -> np.ndarray:
+    """A channels-first view as ``(N, C, S)``, or ``(N, S, C)`` for channels-last memory (no transpose)."""
+    n, c = a.shape[:2]
+    if channels_last:
+        return np.moveaxis(a, 1, -1).reshape(n, -1, c)
+    return a.reshape(n, c, -1)
 
 
 def _adaptive_max_pool(
@@ -126,17 +133,29 @@ def _adaptive_max_pool(
     return_indices = check_bool(op, "return_indices", return_indices)
     axes = _plan(batch, output_size, op)
     track = return_indices or need_ctx
-    cur = batch.x
-    args: list[Any] = [None] * nd
-    in_shapes: list[Any] = [None] * nd
-    for j in reversed(range(nd)):
-        in_shapes[j] = cur.shape
-        cur, args[j] = max_pass(cur, 2 + j, axes[j], batch.empty, track)
-    y = batch.to_user(cur)
-    outputs: Any = y
+    out_shape = (*batch.x.shape[:2], *(ax.out for ax in axes))
+    flat = None
+    if all(ax.out == 1 for ax in axes) and not (track and batch.channels_last):
+        # Whole planes: one reduction (NumPy's argmax keeps the first maximum).
+        xp = _planes(batch.x, batch.channels_last)
+        axis = 1 if batch.channels_last else 2
+        y = batch.empty(out_shape)
+        np.max(xp, axis=axis, out=_planes(y, batch.channels_last).reshape(xp.shape[0], -1))
+        if track:
+            flat = np.argmax(xp, axis=2).reshape(out_shape)
+            if np.isnan(y).any():  # PyTorch reports the last NaN
+                last = xp.shape[2] - 1 - np.argmax(np.isnan(xp)[..., ::-1], axis=2)
+                flat = np.where(np.isnan(y), last.reshape(out_shape), flat)
+        kind, winners = "global-max", flat
+    else:
+        y, winners = max_passes(batch.x, axes, batch.empty, track, batch.channels_last)
+        if return_indices:
+            flat = compose_indices(winners, axes, batch.spatial)
+        kind = "max"
+    outputs: Any = batch.to_user(y)
     if return_indices:
-        outputs = (y, batch.to_user(compose_indices(args, axes, batch.spatial), cast=False))
-    ctx = _Ctx(batch, axes, tuple(args), (), tuple(in_shapes), cur.shape, "max") if need_ctx else None
+        outputs = (outputs, batch.to_user(flat.astype(np.int64, copy=False), cast=False))
+    ctx = _Ctx(batch, axes, winners, (), out_shape, kind) if need_ctx else None
     return outputs, ctx
 
 
@@ -152,34 +171,53 @@ def _adaptive_avg_pool(
     nd = infer_ndim(op, x, ndim, output_size)
     batch = prepare(x, op=op, nd=nd, data_format=data_format, accumulate=True)
     axes = _plan(batch, output_size, op)
-    cur = batch.x
-    divisors: list[Any] = [None] * nd
-    in_shapes: list[Any] = [None] * nd
-    for j in reversed(range(nd)):
-        in_shapes[j] = cur.shape
-        ax = axes[j]
-        cur = sum_pass(cur, 2 + j, ax, batch.empty)
+    out_shape = (*batch.x.shape[:2], *(ax.out for ax in axes))
+    if all(ax.out == 1 for ax in axes):
+        xp = _planes(batch.x, batch.channels_last)
+        y = batch.empty(out_shape)
+        yv = _planes(y, batch.channels_last).reshape(xp.shape[0], -1)
+        np.einsum("nsc->nc" if batch.channels_last else "ncs->nc", xp, out=yv)
+        np.divide(yv, yv.dtype.type(xp.shape[1 if batch.channels_last else 2]), out=yv)
+        ctx = _Ctx(batch, axes, (), (), out_shape, "global-avg") if need_ctx else None
+        return batch.to_user(y), ctx
+    divisors: list[Any] = []
+    for j, ax in enumerate(axes):
         if isinstance(ax, GatherAxis):
-            shape = [1] * cur.ndim
+            shape = [1] * batch.x.ndim
             shape[2 + j] = ax.out
-            divisors[j] = ax.lengths.astype(cur.dtype).reshape(shape)
+            divisors.append(ax.lengths.astype(batch.x.dtype).reshape(shape))
         else:
-            divisors[j] = cur.dtype.type(ax.kernel)
-        np.divide(cur, divisors[j], out=cur)
-    ctx = _Ctx(batch, axes, (), tuple(divisors), tuple(in_shapes), cur.shape, "avg") if need_ctx else None
-    return batch.to_user(cur), ctx
+            divisors.append(batch.x.dtype.type(ax.kernel))
+    y = sum_passes(batch.x, axes, batch.empty, divisors, batch.channels_last)
+    ctx = _Ctx(batch, axes, (), tuple(divisors), out_shape, "avg") if need_ctx else None
+    return batch.to_user(y), ctx
 
 
 def _adaptive_backward(ctx: _Ctx, grad_output: Any) -> dict[str, np.ndarray]:
     batch = ctx.batch
     g = check_grad(batch, grad_output, ctx.out_shape)
-    g = g.astype(np.float32 if batch.dtype == np.float16 else batch.dtype, copy=True)
-    for j, ax in enumerate(ctx.axes):
-        if ctx.kind == "max":
-            g = max_pass_backward(g, ctx.args[j], 2 + j, ax, ctx.in_shapes[j], batch.empty)
+    g = g.astype(np.float32 if batch.dtype == np.float16 else batch.dtype, copy=False)
+    cl = batch.channels_last
+    if ctx.kind == "max":
+        gx = max_passes_backward(g, ctx.winners, ctx.axes, batch.empty, cl)
+    elif ctx.kind == "avg":
+        gx = sum_passes_backward(g, ctx.axes, batch.empty, ctx.divisors, cl)
+    else:
+        gx = batch.empty(batch.x.shape, g.dtype)
+        gp = _planes(gx, cl)
+        n, c = batch.x.shape[:2]
+        gv = g.reshape(n, c)
+        if ctx.kind == "global-avg":
+            share = gv / gv.dtype.type(gp.shape[1 if cl else 2])
+            gp[...] = share[:, None, :] if cl else share[:, :, None]
         else:
-            g = sum_pass_backward(g / ctx.divisors[j], 2 + j, ax, ctx.in_shapes[j], batch.empty)
-    return {"x": batch.to_user(g)}
+            gp[...] = 0
+            flat = ctx.winners.reshape(n, c)
+            if cl:
+                gp[np.arange(n)[:, None], flat, np.arange(c)[None, :]] = gv
+            else:
+                gp[np.arange(n)[:, None], np.arange(c)[None, :], flat] = gv
+    return {"x": batch.to_user(gx)}
 
 
 # --------------------------------------------------------------------------- global

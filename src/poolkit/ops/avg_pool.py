@@ -10,7 +10,7 @@ import numpy as np
 from .._validate import check_bool, check_int
 from ..geometry import WindowSpec, window_spec
 from ._api import define
-from ._engine import sum_pass, sum_pass_backward
+from ._engine import sum_passes, sum_passes_backward
 from ._input import Batch, check_grad, infer_ndim, prepare
 
 __all__ = ["avg_pool", "avg_pool1d", "avg_pool2d", "avg_pool3d"]
@@ -85,16 +85,15 @@ def avg_pool(
 class _Ctx:
     batch: Batch
     spec: WindowSpec
-    divisors: tuple[np.ndarray | None, ...]
-    override: int | None
-    in_shapes: tuple[tuple[int, ...], ...]
+    divisors: tuple[Any, ...]
     out_shape: tuple[int, ...]
 
 
-def _axis_divisor(counts: np.ndarray, nd_full: int, axis: int, dtype: Any) -> np.ndarray | None:
+def _axis_divisor(counts: np.ndarray, nd_full: int, axis: int, dtype: Any) -> Any:
+    """Per-axis divisor: None (all 1), a scalar (all equal) or an array along ``axis``."""
     counts = np.maximum(counts, 1)  # an empty window sums to 0: 0 / 1 = 0, never 0 / 0
-    if np.all(counts == 1):
-        return None
+    if (counts == counts[0]).all():
+        return None if counts[0] == 1 else dtype.type(counts[0])
     shape = [1] * nd_full
     shape[axis] = counts.size
     return counts.astype(dtype).reshape(shape)
@@ -119,38 +118,24 @@ def _avg_pool(
     batch = prepare(x, op=op, nd=nd, data_format=data_format, accumulate=True)
     spec = window_spec(batch.spatial, kernel_size, stride, padding, dilation, ceil_mode, op=op)
     include = check_bool(op, "count_include_pad", count_include_pad)
+    dtype = batch.x.dtype
     if divisor_override is not None:
-        divisor_override = check_int(op, "divisor_override", divisor_override, 1)
-    cur = batch.x
-    divisors: list[Any] = [None] * nd
-    in_shapes: list[Any] = [None] * nd
-    for j in reversed(range(nd)):
-        in_shapes[j] = cur.shape
-        cur = sum_pass(cur, 2 + j, spec.axes[j], batch.empty)
-        if divisor_override is None:
-            divisors[j] = _axis_divisor(spec.axes[j].counts(include), cur.ndim, 2 + j, cur.dtype)
-            if divisors[j] is not None:
-                np.divide(cur, divisors[j], out=cur)
-    if divisor_override is not None:
-        np.divide(cur, cur.dtype.type(divisor_override), out=cur)
-    ctx = (
-        _Ctx(batch, spec, tuple(divisors), divisor_override, tuple(in_shapes), cur.shape)
-        if need_ctx
-        else None
-    )
-    return batch.to_user(cur), ctx
+        override = check_int(op, "divisor_override", divisor_override, 1)
+        divisors = [dtype.type(override)] + [None] * (nd - 1)  # applied after the last pass
+    else:
+        divisors = [
+            _axis_divisor(ax.counts(include), batch.x.ndim, 2 + j, dtype) for j, ax in enumerate(spec.axes)
+        ]
+    y = sum_passes(batch.x, spec.axes, batch.empty, divisors, batch.channels_last)
+    ctx = _Ctx(batch, spec, tuple(divisors), y.shape) if need_ctx else None
+    return batch.to_user(y), ctx
 
 
 def _avg_pool_backward(ctx: _Ctx, grad_output: Any) -> dict[str, np.ndarray]:
     batch = ctx.batch
-    g = check_grad(batch, grad_output, ctx.out_shape).astype(batch.x.dtype, copy=True)
-    if ctx.override is not None:
-        np.divide(g, g.dtype.type(ctx.override), out=g)
-    for j in range(ctx.spec.ndim):
-        if ctx.divisors[j] is not None:
-            g = g / ctx.divisors[j]
-        g = sum_pass_backward(g, 2 + j, ctx.spec.axes[j], ctx.in_shapes[j], batch.empty)
-    return {"x": batch.to_user(g)}
+    g = check_grad(batch, grad_output, ctx.out_shape).astype(batch.x.dtype, copy=False)
+    gx = sum_passes_backward(g, ctx.spec.axes, batch.empty, ctx.divisors, batch.channels_last)
+    return {"x": batch.to_user(gx)}
 
 
 _aliases = define(avg_pool, _avg_pool, _avg_pool_backward, family="classic")

@@ -11,7 +11,7 @@ from .._validate import check_bool, int_tuple
 from ..errors import PoolingConfigError, PoolingInputError
 from ..geometry import fractional_output_size, fractional_starts
 from ._api import define
-from ._engine import GatherAxis, compose_indices, fractional_axis, max_pass, max_pass_backward
+from ._engine import GatherAxis, Winners, compose_indices, fractional_axis, max_passes, max_passes_backward
 from ._input import Batch, check_grad, infer_ndim, prepare
 
 __all__ = [
@@ -101,8 +101,7 @@ def fractional_max_pool(
 class _Ctx:
     batch: Batch
     axes: tuple[GatherAxis, ...]
-    args: tuple[np.ndarray, ...]
-    in_shapes: tuple[tuple[int, ...], ...]
+    winners: Winners | None
     out_shape: tuple[int, ...]
 
 
@@ -149,17 +148,12 @@ def _fractional_max_pool(
     for j in range(nd):
         starts = fractional_starts(batch.spatial[j], out[j], k[j], u[:, :, _sample_axis(nd, j)])
         axes.append(fractional_axis(starts, k[j], batch.spatial[j], 2 + nd, 2 + j))
-    cur = batch.x
-    args: list[Any] = [None] * nd
-    in_shapes: list[Any] = [None] * nd
-    for j in reversed(range(nd)):
-        in_shapes[j] = cur.shape
-        cur, args[j] = max_pass(cur, 2 + j, axes[j], batch.empty, return_indices or need_ctx)
+    cur, winners = max_passes(batch.x, axes, batch.empty, return_indices or need_ctx, batch.channels_last)
     y = batch.to_user(cur)
     outputs: Any = y
     if return_indices:
-        outputs = (y, batch.to_user(compose_indices(args, axes, batch.spatial), cast=False))
-    ctx = _Ctx(batch, tuple(axes), tuple(args), tuple(in_shapes), cur.shape) if need_ctx else None
+        outputs = (y, batch.to_user(compose_indices(winners, axes, batch.spatial), cast=False))
+    ctx = _Ctx(batch, tuple(axes), winners, cur.shape) if need_ctx else None
     return outputs, ctx
 
 
@@ -167,9 +161,8 @@ def _fractional_backward(ctx: _Ctx, grad_output: Any) -> dict[str, np.ndarray]:
     batch = ctx.batch
     g = check_grad(batch, grad_output, ctx.out_shape)
     g = g.astype(np.float32 if batch.dtype == np.float16 else batch.dtype, copy=False)
-    for j, ax in enumerate(ctx.axes):
-        g = max_pass_backward(g, ctx.args[j], 2 + j, ax, ctx.in_shapes[j], batch.empty)
-    return {"x": batch.to_user(g)}
+    gx = max_passes_backward(g, ctx.winners, ctx.axes, batch.empty, batch.channels_last)
+    return {"x": batch.to_user(gx)}
 
 
 _aliases = define(

@@ -11,7 +11,7 @@ import numpy as np
 from .._validate import check_real
 from ..geometry import WindowSpec, window_spec
 from ._api import define
-from ._engine import max_pass, max_pass_backward, sum_pass, sum_pass_backward
+from ._engine import Winners, max_passes, max_passes_backward, sum_passes, sum_passes_backward
 from ._input import Batch, check_grad, infer_ndim, prepare
 
 __all__ = ["lp_pool", "lp_pool1d", "lp_pool2d", "lp_pool3d"]
@@ -75,11 +75,9 @@ class _Ctx:
     batch: Batch
     spec: WindowSpec
     p: float
-    x: np.ndarray
-    y: np.ndarray
     scale: np.ndarray | None  # y / S, 0 where S = 0
-    args: tuple[np.ndarray, ...] | None
-    in_shapes: tuple[tuple[int, ...], ...]
+    winners: Winners | None  # p = inf: the max passes' winners
+    out_shape: tuple[int, ...]
 
 
 def _lp_pool(
@@ -100,36 +98,29 @@ def _lp_pool(
     nd = infer_ndim(op, x, ndim, kernel_size, stride, dilation)
     batch = prepare(x, op=op, nd=nd, data_format=data_format, accumulate=True)
     spec = window_spec(batch.spatial, kernel_size, stride, padding, dilation, ceil_mode, op=op)
-    xa = np.abs(batch.x)
-    in_shapes: list[Any] = [None] * nd
+    cl = batch.channels_last
     if math.isinf(p):
-        cur = xa
-        args: list[Any] = [None] * nd
-        for j in reversed(range(nd)):
-            in_shapes[j] = cur.shape
-            cur, args[j] = max_pass(cur, 2 + j, spec.axes[j], batch.empty, need_ctx)
-        ctx = _Ctx(batch, spec, p, batch.x, cur, None, tuple(args), tuple(in_shapes)) if need_ctx else None
-        return batch.to_user(cur), ctx
-    if p == 1.0:
-        cur = xa
-    elif p == 2.0:
-        cur = np.multiply(xa, xa, out=xa)
-    else:
-        cur = np.power(xa, xa.dtype.type(p), out=xa)
-    for j in reversed(range(nd)):
-        in_shapes[j] = cur.shape
-        cur = sum_pass(cur, 2 + j, spec.axes[j], batch.empty)
-    s = cur
+        y, winners = max_passes(batch.x, spec.axes, batch.empty, need_ctx, cl, pre=np.abs)
+        ctx = _Ctx(batch, spec, p, None, winners, y.shape) if need_ctx else None
+        return batch.to_user(y), ctx
+
+    def power(block: np.ndarray) -> np.ndarray:
+        a = np.abs(block)
+        if p == 2.0:
+            return np.multiply(a, a, out=a)
+        return a if p == 1.0 else np.power(a, a.dtype.type(p), out=a)
+
+    s = sum_passes(batch.x, spec.axes, batch.empty, (), cl, pre=power)
     y = s.copy() if p == 1.0 else np.sqrt(s) if p == 2.0 else np.power(s, s.dtype.type(1.0 / p))
     ctx = None
     if need_ctx:
         scale = np.divide(y, s, out=s, where=s > 0)  # reuses S's memory
-        ctx = _Ctx(batch, spec, p, batch.x, y, scale, None, tuple(in_shapes))
+        ctx = _Ctx(batch, spec, p, scale, None, y.shape)
     return batch.to_user(y), ctx
 
 
-def _times_signed_power(w: np.ndarray, x: np.ndarray, e: float) -> np.ndarray:
-    """``w * sign(x) * |x|^e`` in place in ``w``, with 0 at ``x = 0`` (also for ``e < 0``)."""
+def _times_signed_power(w: np.ndarray, x: np.ndarray, e: float) -> None:
+    """``w *= sign(x) * |x|^e`` in place, with 0 at ``x = 0`` (also for ``e < 0``)."""
     t = np.abs(x)
     if e == 0.0:
         np.sign(x, out=t)
@@ -140,22 +131,34 @@ def _times_signed_power(w: np.ndarray, x: np.ndarray, e: float) -> np.ndarray:
             np.power(t, t.dtype.type(e), out=t)
         np.copysign(t, x, out=t)
     np.multiply(w, t, out=w)
-    return w
+
+
+def _times_sign(w: np.ndarray, x: np.ndarray) -> None:
+    np.multiply(w, np.sign(x), out=w)
 
 
 def _lp_pool_backward(ctx: _Ctx, grad_output: Any) -> dict[str, np.ndarray]:
     batch = ctx.batch
-    g = check_grad(batch, grad_output, ctx.y.shape).astype(ctx.y.dtype, copy=True)
-    nd = ctx.spec.ndim
-    if ctx.args is not None:  # p = inf: max of |x|
-        for j in range(nd):
-            g = max_pass_backward(g, ctx.args[j], 2 + j, ctx.spec.axes[j], ctx.in_shapes[j], batch.empty)
-        return {"x": batch.to_user(g * np.sign(ctx.x))}
+    g = check_grad(batch, grad_output, ctx.out_shape).astype(batch.x.dtype, copy=False)
+    cl = batch.channels_last
+    if ctx.winners is not None:  # p = inf: max of |x|
+        gx = max_passes_backward(
+            g, ctx.winners, ctx.spec.axes, batch.empty, cl, post=_times_sign, post_ins=[batch.x]
+        )
+        return {"x": batch.to_user(gx)}
     # dy/dS = y / (p S); dS/dx = p sign(x) |x|^(p-1): the p cancels.
     w = np.multiply(g, ctx.scale)
-    for j in range(nd):
-        w = sum_pass_backward(w, 2 + j, ctx.spec.axes[j], ctx.in_shapes[j], batch.empty)
-    return {"x": batch.to_user(_times_signed_power(w, ctx.x, ctx.p - 1.0))}
+    e = ctx.p - 1.0
+    gx = sum_passes_backward(
+        w,
+        ctx.spec.axes,
+        batch.empty,
+        (),
+        cl,
+        post=lambda gb, xb: _times_signed_power(gb, xb, e),
+        post_ins=[batch.x],
+    )
+    return {"x": batch.to_user(gx)}
 
 
 _aliases = define(lp_pool, _lp_pool, _lp_pool_backward, family="classic")

@@ -10,7 +10,7 @@ import numpy as np
 from .._validate import check_bool, check_choice
 from ..geometry import WindowSpec, window_spec
 from ._api import define
-from ._engine import compose_indices, max_pass, max_pass_backward
+from ._engine import Winners, compose_indices, max_passes, max_passes_backward
 from ._input import Batch, check_grad, infer_ndim, prepare
 
 __all__ = ["max_pool", "max_pool1d", "max_pool2d", "max_pool3d", "to_index_format"]
@@ -106,8 +106,7 @@ def max_pool(
 class _Ctx:
     batch: Batch
     spec: WindowSpec
-    args: tuple[np.ndarray, ...]
-    in_shapes: tuple[tuple[int, ...], ...]
+    winners: Winners | None
     out_shape: tuple[int, ...]
 
 
@@ -156,19 +155,14 @@ def _max_pool(
     return_indices = check_bool(op, "return_indices", return_indices)
     check_choice(op, "index_format", index_format, INDEX_FORMATS)
     track = return_indices or need_ctx
-    cur = batch.x
-    args: list[Any] = [None] * nd
-    in_shapes: list[Any] = [None] * nd
-    for j in reversed(range(nd)):  # innermost axis first: keeps the row-major tie rule
-        in_shapes[j] = cur.shape
-        cur, args[j] = max_pass(cur, 2 + j, spec.axes[j], batch.empty, track)
+    cur, winners = max_passes(batch.x, spec.axes, batch.empty, track, batch.channels_last)
     y = batch.to_user(cur)
     outputs: Any = y
     if return_indices:
-        flat = compose_indices(args, spec.axes, batch.spatial)
+        flat = compose_indices(winners, spec.axes, batch.spatial)
         flat = to_index_format(flat, index_format, include_batch_in_index, batch.spatial, op)
         outputs = (y, batch.to_user(flat, cast=False))
-    ctx = _Ctx(batch, spec, tuple(args), tuple(in_shapes), cur.shape) if need_ctx else None
+    ctx = _Ctx(batch, spec, winners, cur.shape) if need_ctx else None
     return outputs, ctx
 
 
@@ -176,9 +170,8 @@ def _max_pool_backward(ctx: _Ctx, grad_output: Any) -> dict[str, np.ndarray]:
     batch = ctx.batch
     g = check_grad(batch, grad_output, ctx.out_shape)
     g = g.astype(np.float32 if batch.dtype == np.float16 else batch.dtype, copy=False)
-    for j in range(ctx.spec.ndim):
-        g = max_pass_backward(g, ctx.args[j], 2 + j, ctx.spec.axes[j], ctx.in_shapes[j], batch.empty)
-    return {"x": batch.to_user(g)}
+    gx = max_passes_backward(g, ctx.winners, ctx.spec.axes, batch.empty, batch.channels_last)
+    return {"x": batch.to_user(gx)}
 
 
 _aliases = define(max_pool, _max_pool, _max_pool_backward, family="classic")
