@@ -6,10 +6,10 @@ Usage::
 
 For every case, layout and pass (forward, backward, forward+backward) it
 prints the median milliseconds of poolkit and of torch, timed interleaved in
-one run at the same thread count,
-the ratio poolkit / torch-NCHW (both at the same thread count: torch's
-intra-op threads, poolkit's ``set_num_threads`` block pool) (the targets of the "memory speed" issue are
-on this ratio) and poolkit / torch in the same layout, poolkit's effective
+one run at the same thread count (torch's intra-op threads, poolkit's
+``set_num_threads`` block pool), the ratio poolkit / torch-NCHW (the targets
+of the "memory speed" issue are on this ratio) and poolkit / torch in the
+same layout, poolkit's effective
 GB/s (forward: input read + output written; backward: gradient in +
 gradient out), that as a fraction of this machine's copy bandwidth measured
 in the same run, and poolkit's peak extra memory (tracemalloc) in units of

@@ -184,18 +184,27 @@ def max_pass_backward(
     in_shape = tuple(in_shape)
     if isinstance(ax, GatherAxis):
         return _max_gather_backward(g, arg, axis, ax, in_shape, alloc, out)
-    nd = g.ndim
-    p = plan(ax)
-    gx = _new(alloc, out, in_shape, g.dtype)
+
+    def piece(o: tuple[slice, ...], k: int, dst: np.ndarray | None) -> np.ndarray:
+        return np.multiply(g[o], np.equal(arg[o], k), out=dst)
+
+    return _write_once(_new(alloc, out, in_shape, g.dtype), axis, plan(ax), piece)
+
+
+def _write_once(gx: np.ndarray, axis: int, p: Any, piece: Any) -> np.ndarray:
+    """Fill ``gx`` from per-tap pieces: write each residue class's first tap, zero the rest, add the others.
+
+    ``piece(o, k, dst)`` is tap ``k``'s contribution for outputs ``o``,
+    written into ``dst`` when given.
+    """
+    nd = gx.ndim
     for t in p.writes:
-        o = at(nd, axis, t.o)
-        np.multiply(g[o], np.equal(arg[o], t.k), out=gx[at(nd, axis, t.i)])
+        piece(at(nd, axis, t.o), t.k, gx[at(nd, axis, t.i)])
     for sl in p.zeros:
         gx[at(nd, axis, sl)] = 0
     for t in p.adds:
-        o = at(nd, axis, t.o)
         dst = gx[at(nd, axis, t.i)]
-        np.add(dst, np.multiply(g[o], np.equal(arg[o], t.k)), out=dst)
+        np.add(dst, piece(at(nd, axis, t.o), t.k, None), out=dst)
     return gx
 
 
@@ -269,14 +278,11 @@ def sum_pass_backward(
     if isinstance(ax, GatherAxis):
         assert ax.transpose is not None
         return sum_pass(g, axis, ax.transpose, alloc, out)
-    nd = g.ndim
-    p = plan(ax)
-    gx = _new(alloc, out, in_shape, g.dtype)
-    for t in p.writes:
-        np.copyto(gx[at(nd, axis, t.i)], g[at(nd, axis, t.o)])
-    for sl in p.zeros:
-        gx[at(nd, axis, sl)] = 0
-    for t in p.adds:
-        dst = gx[at(nd, axis, t.i)]
-        np.add(dst, g[at(nd, axis, t.o)], out=dst)
-    return gx
+
+    def piece(o: tuple[slice, ...], k: int, dst: np.ndarray | None) -> np.ndarray:
+        if dst is None:
+            return g[o]
+        np.copyto(dst, g[o])
+        return dst
+
+    return _write_once(_new(alloc, out, in_shape, g.dtype), axis, plan(ax), piece)
