@@ -102,3 +102,16 @@ ADAPTIVE_CASES = [
 def select(params: list[Any], exclude: tuple[str, ...] = (), where: Any = None) -> list[Any]:
     """Filter a list of ``pytest.param`` cases by id and by a predicate on the case."""
     return [p for p in params if p.id not in exclude and (where is None or where(p.values[0]))]
+
+
+# Window settings for operators without a PyTorch counterpart: finite-difference
+# and cross-checks run over these (small shapes: every test is float64 and exact).
+RESEARCH_CASES = [
+    pytest.param(Case((2, 3, 6, 6), 2), "channels_first", id="2d-k2"),
+    pytest.param(Case((1, 2, 7, 6), 3, 2, 1), "channels_first", id="2d-k3s2p1"),
+    pytest.param(Case((1, 2, 7, 7), 2, 3, ceil_mode=True), "channels_first", id="2d-ceil"),
+    pytest.param(Case((1, 2, 6, 6), 3, 1, 1), "channels_first", id="2d-overlap"),
+    pytest.param(Case((2, 2, 6, 5), (2, 3), (1, 2)), "channels_last", id="2d-aniso-channels-last"),
+    pytest.param(Case((2, 3, 9), 3, 2, 1), "channels_first", id="1d"),
+    pytest.param(Case((1, 2, 4, 5, 4), 2), "channels_first", id="3d"),
+]

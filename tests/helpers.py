@@ -70,3 +70,45 @@ def torch_vjp(
         out.backward(torch.tensor(g, dtype=out.dtype))
         grad = xt.grad.numpy()
     return out.detach().numpy(), grad, extra
+
+
+def check_grads(
+    op: str,
+    arrays: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    wrt: tuple[str, ...] | None = None,
+    rtol: float = 1e-6,
+    atol: float = 1e-7,
+    eps: float = 1e-6,
+    **settings: Any,
+) -> dict[str, np.ndarray]:
+    """Finite-difference check of ``vjp(op, *arrays.values(), **settings)`` for every name in ``wrt``.
+
+    ``arrays`` maps positional array arguments (in order) to float64 values;
+    ``wrt`` defaults to all of them. Returns the analytic gradients.
+    """
+    names = list(arrays)
+    values = [np.array(arrays[n], dtype=np.float64) for n in names]
+    y, pullback = vjp(op, *values, **settings)
+    y = y[0] if isinstance(y, tuple) else y
+    g = rng.standard_normal(np.shape(y))
+    analytic = pullback(g)
+    for name in wrt or tuple(names):
+        pos = names.index(name)
+
+        def f(v: np.ndarray, pos: int = pos) -> np.ndarray:
+            args = list(values)
+            args[pos] = v
+            out = vjp(op, *args, **settings)[0]
+            return out[0] if isinstance(out, tuple) else out
+
+        numeric = numeric_grad(f, values[pos], g, eps)
+        assert name in analytic, f"{op}: pullback returned no gradient for {name!r}"
+        np.testing.assert_allclose(
+            np.asarray(analytic[name], dtype=np.float64).reshape(numeric.shape),
+            numeric,
+            rtol=rtol,
+            atol=atol,
+            err_msg=f"{op}: gradient of {name!r}",
+        )
+    return analytic

@@ -28,6 +28,7 @@ from .fractional import (
 )
 from .lp_pool import lp_pool, lp_pool1d, lp_pool2d, lp_pool3d
 from .max_pool import max_pool, max_pool1d, max_pool2d, max_pool3d
+from .soft import soft_pool, soft_pool1d, soft_pool2d, soft_pool3d
 from .unpool import max_unpool, max_unpool1d, max_unpool2d, max_unpool3d
 
 __all__ = [
@@ -64,4 +65,8 @@ __all__ = [
     "max_unpool1d",
     "max_unpool2d",
     "max_unpool3d",
+    "soft_pool",
+    "soft_pool1d",
+    "soft_pool2d",
+    "soft_pool3d",
 ]
