@@ -42,6 +42,9 @@ class OpInfo:
     stochastic: bool = False
     backends: frozenset[str] = field(default_factory=lambda: frozenset({"numpy"}))
     aliases: tuple[str, ...] = ()
+    example: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]] | None = None
+    """``example(x)`` -> ``(arrays, settings)``: a valid call on a ``(N, C, H, W)`` float input
+    (for rank-free operators, any ``(N, C, *spatial)``). Generic tests enumerate it."""
 
     @property
     def summary(self) -> str:

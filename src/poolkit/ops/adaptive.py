@@ -304,10 +304,22 @@ def _global_avg(x: Any, keepdims: bool = False, *, data_format: str = "channels_
     return _global_pool(x, keepdims, data_format=data_format, kind="avg", **kw)
 
 
-_max_aliases = define(adaptive_max_pool, _adaptive_max_pool, _adaptive_backward, family="adaptive")
-_avg_aliases = define(adaptive_avg_pool, _adaptive_avg_pool, _adaptive_backward, family="adaptive")
-define(global_max_pool, _global_max, _global_backward, family="global", ndims=())
-define(global_avg_pool, _global_avg, _global_backward, family="global", ndims=())
+def _example_adaptive(x: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return (x,), {"output_size": 3}
+
+
+def _example_global(x: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return (x,), {}
+
+
+_max_aliases = define(
+    adaptive_max_pool, _adaptive_max_pool, _adaptive_backward, family="adaptive", example=_example_adaptive
+)
+_avg_aliases = define(
+    adaptive_avg_pool, _adaptive_avg_pool, _adaptive_backward, family="adaptive", example=_example_adaptive
+)
+define(global_max_pool, _global_max, _global_backward, family="global", ndims=(), example=_example_global)
+define(global_avg_pool, _global_avg, _global_backward, family="global", ndims=(), example=_example_global)
 adaptive_max_pool1d = _max_aliases["adaptive_max_pool1d"]
 adaptive_max_pool2d = _max_aliases["adaptive_max_pool2d"]
 adaptive_max_pool3d = _max_aliases["adaptive_max_pool3d"]

@@ -166,7 +166,12 @@ def _fractional_backward(ctx: _Ctx, grad_output: Any) -> dict[str, np.ndarray]:
 
 
 _aliases = define(
-    fractional_max_pool, _fractional_max_pool, _fractional_backward, family="classic", stochastic=True
+    fractional_max_pool,
+    _fractional_max_pool,
+    _fractional_backward,
+    family="classic",
+    stochastic=True,
+    example=lambda x: ((x,), {"kernel_size": 2, "output_ratio": 0.5, "rng": 0}),
 )
 fractional_max_pool1d = _aliases["fractional_max_pool1d"]
 fractional_max_pool2d = _aliases["fractional_max_pool2d"]

@@ -161,7 +161,13 @@ def _lp_pool_backward(ctx: _Ctx, grad_output: Any) -> dict[str, np.ndarray]:
     return {"x": batch.to_user(gx)}
 
 
-_aliases = define(lp_pool, _lp_pool, _lp_pool_backward, family="classic")
+_aliases = define(
+    lp_pool,
+    _lp_pool,
+    _lp_pool_backward,
+    family="classic",
+    example=lambda x: ((x,), {"norm_type": 2.0, "kernel_size": 2}),
+)
 lp_pool1d = _aliases["lp_pool1d"]
 lp_pool2d = _aliases["lp_pool2d"]
 lp_pool3d = _aliases["lp_pool3d"]

@@ -174,7 +174,9 @@ def _max_pool_backward(ctx: _Ctx, grad_output: Any) -> dict[str, np.ndarray]:
     return {"x": batch.to_user(gx)}
 
 
-_aliases = define(max_pool, _max_pool, _max_pool_backward, family="classic")
+_aliases = define(
+    max_pool, _max_pool, _max_pool_backward, family="classic", example=lambda x: ((x,), {"kernel_size": 2})
+)
 max_pool1d = _aliases["max_pool1d"]
 max_pool2d = _aliases["max_pool2d"]
 max_pool3d = _aliases["max_pool3d"]

@@ -158,7 +158,13 @@ def _soft_pool_backward(ctx: _Ctx, grad_output: Any) -> dict[str, np.ndarray]:
     return {"x": batch.to_user(gx)}
 
 
-_aliases = define(soft_pool, _soft_pool, _soft_pool_backward, family="research")
+_aliases = define(
+    soft_pool,
+    _soft_pool,
+    _soft_pool_backward,
+    family="research",
+    example=lambda x: ((x,), {"kernel_size": 2}),
+)
 soft_pool1d = _aliases["soft_pool1d"]
 soft_pool2d = _aliases["soft_pool2d"]
 soft_pool3d = _aliases["soft_pool3d"]

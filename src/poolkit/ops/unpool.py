@@ -151,7 +151,14 @@ def _max_unpool_backward(ctx: _Ctx, grad_output: Any) -> dict[str, np.ndarray]:
     return {"x": batch.to_user(gx.reshape(ctx.in_shape))}
 
 
-_aliases = define(max_unpool, _max_unpool, _max_unpool_backward, family="classic")
+def _example(x: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    from .max_pool import max_pool
+
+    y, idx = max_pool(x, 2, return_indices=True)
+    return (y, idx), {"kernel_size": 2}
+
+
+_aliases = define(max_unpool, _max_unpool, _max_unpool_backward, family="classic", example=_example)
 max_unpool1d = _aliases["max_unpool1d"]
 max_unpool2d = _aliases["max_unpool2d"]
 max_unpool3d = _aliases["max_unpool3d"]
