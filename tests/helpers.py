@@ -88,7 +88,12 @@ def check_grads(
     ``wrt`` defaults to all of them. Returns the analytic gradients.
     """
     names = list(arrays)
-    values = [np.array(arrays[n], dtype=np.float64) for n in names]
+    values = [
+        np.array(arrays[n], dtype=np.float64)
+        if np.issubdtype(np.asarray(arrays[n]).dtype, np.floating)
+        else arrays[n]
+        for n in names
+    ]
     y, pullback = vjp(op, *values, **settings)
     y = y[0] if isinstance(y, tuple) else y
     g = rng.standard_normal(np.shape(y))

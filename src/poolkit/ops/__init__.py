@@ -27,7 +27,23 @@ from .fractional import (
     fractional_max_pool3d,
 )
 from .lp_pool import lp_pool, lp_pool1d, lp_pool2d, lp_pool3d
+from .masked import masked_pool, masked_pool1d, masked_pool2d, masked_pool3d
 from .max_pool import max_pool, max_pool1d, max_pool2d, max_pool3d
+from .pyramid import (
+    spatial_pyramid_pool,
+    spatial_pyramid_pool1d,
+    spatial_pyramid_pool2d,
+    spatial_pyramid_pool3d,
+    spp,
+    spp1d,
+    spp2d,
+    spp3d,
+    sppf,
+    sppf1d,
+    sppf2d,
+    sppf3d,
+)
+from .segment import segment_pool
 from .soft import soft_pool, soft_pool1d, soft_pool2d, soft_pool3d
 from .unpool import max_unpool, max_unpool1d, max_unpool2d, max_unpool3d
 
@@ -69,4 +85,21 @@ __all__ = [
     "soft_pool1d",
     "soft_pool2d",
     "soft_pool3d",
+    "segment_pool",
+    "masked_pool",
+    "masked_pool1d",
+    "masked_pool2d",
+    "masked_pool3d",
+    "spatial_pyramid_pool",
+    "spatial_pyramid_pool1d",
+    "spatial_pyramid_pool2d",
+    "spatial_pyramid_pool3d",
+    "spp",
+    "spp1d",
+    "spp2d",
+    "spp3d",
+    "sppf",
+    "sppf1d",
+    "sppf2d",
+    "sppf3d",
 ]
