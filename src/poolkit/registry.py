@@ -19,6 +19,8 @@ from .errors import PoolingConfigError
 __all__ = ["BACKENDS", "FAMILIES", "OpInfo", "register", "get", "resolve", "operators"]
 
 BACKENDS = ("numpy", "torch", "keras")
+# Required positional arguments that are settings, not arrays.
+_SETTINGS = ("kernel_size", "output_size", "num_heads", "norm_type")
 FAMILIES = ("classic", "adaptive", "global", "research", "structured", "set")
 
 
@@ -71,7 +73,7 @@ class OpInfo:
             for p in sig.parameters.values()
             if p.default is inspect.Parameter.empty
             and p.kind is p.POSITIONAL_OR_KEYWORD
-            and p.name not in ("kernel_size", "output_size")
+            and p.name not in _SETTINGS
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from .adaptive import (
     global_avg_pool,
     global_max_pool,
 )
+from .attention import attention_pool, attention_pool1d, attention_pool2d, attention_pool3d
 from .avg_pool import avg_pool, avg_pool1d, avg_pool2d, avg_pool3d
 from .fractional import (
     fractional_max_pool,
@@ -90,6 +91,10 @@ __all__ = [
     "masked_pool1d",
     "masked_pool2d",
     "masked_pool3d",
+    "attention_pool",
+    "attention_pool1d",
+    "attention_pool2d",
+    "attention_pool3d",
     "spatial_pyramid_pool",
     "spatial_pyramid_pool1d",
     "spatial_pyramid_pool2d",
