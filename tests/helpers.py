@@ -80,34 +80,55 @@ def check_grads(
     rtol: float = 1e-6,
     atol: float = 1e-7,
     eps: float = 1e-6,
-    **settings: Any,
+    *,
+    kwarrays: dict[str, np.ndarray] | None = None,
+    settings: dict[str, Any] | None = None,
+    **more_settings: Any,
 ) -> dict[str, np.ndarray]:
-    """Finite-difference check of ``vjp(op, *arrays.values(), **settings)`` for every name in ``wrt``.
+    """Finite-difference check of ``vjp(op, *arrays.values(), **kwarrays, **settings)``.
 
-    ``arrays`` maps positional array arguments (in order) to float64 values;
-    ``wrt`` defaults to all of them. Returns the analytic gradients.
+    ``arrays`` are the positional array arguments in order, ``kwarrays``
+    differentiable arrays passed by keyword (e.g. ``alpha``); ``wrt``
+    defaults to every floating one of both. Settings go in ``settings`` (use
+    it for names that clash with this function's, such as ``rng``) or as
+    keywords. Returns the analytic gradients.
     """
+    settings = {**(settings or {}), **more_settings}
+    kwarrays = {k: np.array(v, dtype=np.float64) for k, v in (kwarrays or {}).items()}
+
+    def as_value(v: Any) -> Any:
+        return np.array(v, dtype=np.float64) if np.issubdtype(np.asarray(v).dtype, np.floating) else v
+
     names = list(arrays)
-    values = [
-        np.array(arrays[n], dtype=np.float64)
-        if np.issubdtype(np.asarray(arrays[n]).dtype, np.floating)
-        else arrays[n]
-        for n in names
-    ]
-    y, pullback = vjp(op, *values, **settings)
+    values = [as_value(arrays[n]) for n in names]
+
+    def call(pos_values: list[Any], kw_values: dict[str, Any]) -> Any:
+        return vjp(op, *pos_values, **kw_values, **settings)
+
+    y, pullback = call(values, kwarrays)
     y = y[0] if isinstance(y, tuple) else y
     g = rng.standard_normal(np.shape(y))
     analytic = pullback(g)
-    for name in wrt or tuple(names):
-        pos = names.index(name)
+    floating = [n for n in names if np.issubdtype(np.asarray(arrays[n]).dtype, np.floating)] + list(kwarrays)
+    for name in wrt or tuple(floating):
+        if name in kwarrays:
 
-        def f(v: np.ndarray, pos: int = pos) -> np.ndarray:
-            args = list(values)
-            args[pos] = v
-            out = vjp(op, *args, **settings)[0]
-            return out[0] if isinstance(out, tuple) else out
+            def f(v: np.ndarray, name: str = name) -> np.ndarray:
+                out = call(values, {**kwarrays, name: v})[0]
+                return out[0] if isinstance(out, tuple) else out
 
-        numeric = numeric_grad(f, values[pos], g, eps)
+            start = kwarrays[name]
+        else:
+            pos = names.index(name)
+
+            def f(v: np.ndarray, pos: int = pos) -> np.ndarray:
+                args = list(values)
+                args[pos] = v
+                out = call(args, kwarrays)[0]
+                return out[0] if isinstance(out, tuple) else out
+
+            start = values[pos]
+        numeric = numeric_grad(f, start, g, eps)
         assert name in analytic, f"{op}: pullback returned no gradient for {name!r}"
         np.testing.assert_allclose(
             np.asarray(analytic[name], dtype=np.float64).reshape(numeric.shape),

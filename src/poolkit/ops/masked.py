@@ -173,16 +173,17 @@ def _masked_backward(ctx: _Ctx, grad_output: Any) -> dict[str, np.ndarray]:
         gx = max_passes_backward(g * (ctx.den > 0), ctx.winners, axes, batch.empty, cl)
         gm = np.zeros(batch.x.shape, dtype=batch.x.dtype)
     elif ctx.mode == "sum":
-        back = sum_passes_backward(g, axes, batch.empty, (), cl)
-        gx = back * ctx.m
-        gm = back * batch.x
+        gx = sum_passes_backward(g, axes, batch.empty, (), cl)  # sum over windows of g
+        gm = gx * batch.x
+        gx *= ctx.m
     else:
-        live = ctx.den > 0
-        w = np.divide(g, ctx.den, out=np.zeros_like(g), where=live)
-        back = sum_passes_backward(w, axes, batch.empty, (), cl)  # sum over windows of g / den
-        gx = back * ctx.m
-        back_y = sum_passes_backward(w * ctx.y, axes, batch.empty, (), cl)
-        gm = back * batch.x - back_y
+        w = np.divide(g, ctx.den, out=np.zeros_like(g), where=ctx.den > 0)
+        back_y = sum_passes_backward(w * ctx.y, axes, batch.empty, (), cl)  # sum over windows of g y / den
+        gx = sum_passes_backward(w, axes, batch.empty, (), cl)  # sum over windows of g / den
+        gm = gx * batch.x
+        gm -= back_y
+        del back_y
+        gx *= ctx.m
     if ctx.mask_channels == 1 and batch.x.shape[1] != 1:
         gm = gm.sum(axis=1, keepdims=True)
     gm = np.moveaxis(gm, 1, -1) if cl else gm

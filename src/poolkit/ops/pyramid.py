@@ -164,7 +164,11 @@ def _spatial_pyramid_backward(ctx: _PyramidCtx, grad_output: Any) -> dict[str, n
         else:
             piece = piece.reshape(shape)
         part = bwd(c, piece)["x"]
-        gx = part if gx is None else gx + part
+        if gx is None:
+            gx = part
+        else:
+            gx += part  # in place: one input-sized array, not one per level
+        del part
     return {"x": gx}
 
 
