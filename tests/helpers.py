@@ -138,3 +138,21 @@ def check_grads(
             err_msg=f"{op}: gradient of {name!r}",
         )
     return analytic
+
+
+def traced_peak(op: str, *arrays: Any, grad: np.ndarray, **settings: Any) -> tuple[int, Any]:
+    """Peak bytes NumPy allocates in ``vjp(op, *arrays, **settings)`` plus its pullback.
+
+    ``grad`` (the caller's memory) must be allocated before. Returns the
+    peak and the forward output.
+    """
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        out, pullback = vjp(op, *arrays, **settings)
+        pullback(grad)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak, out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from poolkit.ops.blur import (
 )
 
 from cases import RESEARCH_CASES, Case
-from helpers import check_grads, distinct, torch_vjp
+from helpers import check_grads, distinct, torch_vjp, traced_peak
 
 TORCH_MODES = {"reflect": "reflect", "replicate": "replicate", "constant": "constant"}
 NUMPY_MODES = {"reflect": "reflect", "replicate": "edge", "constant": "constant"}
@@ -302,11 +301,5 @@ def test_peak_memory_within_three_times_input_plus_output(op, kw):
     y = vjp(op, x, **kw)[0]
     g = np.ones_like(y)
     io = x.nbytes + y.nbytes
-    tracemalloc.start()
-    try:
-        y, pullback = vjp(op, x, **kw)
-        pullback(g)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak, y = traced_peak(op, x, **kw, grad=g)
     assert peak <= 3 * io, f"{op}: peak {peak / io:.2f} x (input + output)"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 
@@ -13,7 +11,7 @@ from poolkit.ops import avg_pool, max_pool, vjp
 from poolkit.ops.dpp import dpp_pool, dpp_pool1d, dpp_pool2d
 
 from cases import RESEARCH_CASES, Case
-from helpers import check_grads
+from helpers import check_grads, traced_peak
 
 
 def _windows(spatial, window):
@@ -233,11 +231,5 @@ def test_peak_memory_within_three_times_input_plus_output():
     alpha, lam = np.full(16, 0.5, np.float32), np.float32(2.0)
     g = np.ones_like(x)  # stride 1, padding 1: the output is input-sized
     io = x.nbytes + g.nbytes
-    tracemalloc.start()
-    try:
-        y, pullback = vjp("dpp_pool2d", x, alpha, lam, kernel_size=3, stride=1, padding=1)
-        pullback(g)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak, y = traced_peak("dpp_pool2d", x, alpha, lam, kernel_size=3, stride=1, padding=1, grad=g)
     assert peak <= 3 * io, f"peak {peak / io:.2f} x (input + output)"

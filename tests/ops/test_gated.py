@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from poolkit.ops import avg_pool, max_pool, vjp
 from poolkit.ops.gated import gated_pool, gated_pool1d, gated_pool2d
 
 from cases import RESEARCH_CASES, Case
-from helpers import check_grads, distinct
+from helpers import check_grads, distinct, traced_peak
 
 
 def _windows(spatial, window):
@@ -248,11 +247,5 @@ def test_peak_memory_within_three_times_input_plus_output(kw):
     out = window_spec(x.shape[2:], **kw).output_size
     g = np.ones((16, 16, *out), np.float32)  # the upstream gradient is the caller's memory
     io = x.nbytes + g.nbytes
-    tracemalloc.start()
-    try:
-        y, pullback = vjp("gated_pool2d", x, w, **kw)
-        pullback(g)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak, y = traced_peak("gated_pool2d", x, w, **kw, grad=g)
     assert peak <= 3 * io, f"peak {peak / io:.2f} x (input + output)"

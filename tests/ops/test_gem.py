@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +12,7 @@ from poolkit.ops import avg_pool, max_pool, vjp
 from poolkit.ops.gem import gem_pool, gem_pool1d, gem_pool2d, global_gem_pool
 
 from cases import RESEARCH_CASES, Case
-from helpers import check_grads, numeric_grad
+from helpers import check_grads, numeric_grad, traced_peak
 
 EPS = 1e-6
 
@@ -340,11 +338,5 @@ def test_peak_memory_within_three_times_input_plus_output(op, kw):
     y = vjp(op, x, **kw)[0]
     g = np.ones_like(y)
     io = x.nbytes + y.nbytes
-    tracemalloc.start()
-    try:
-        y, pullback = vjp(op, x, **kw)
-        pullback(g)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak, y = traced_peak(op, x, **kw, grad=g)
     assert peak <= 3 * io, f"{op}: peak {peak / io:.2f} x (input + output)"

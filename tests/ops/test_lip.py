@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +12,7 @@ from poolkit.ops import avg_pool, avg_pool2d, max_pool2d, vjp
 from poolkit.ops.lip import lip_pool, lip_pool1d, lip_pool2d
 
 from cases import RESEARCH_CASES, Case
-from helpers import check_grads
+from helpers import check_grads, traced_peak
 
 
 def _layout(x: np.ndarray, layout: str) -> np.ndarray:
@@ -257,11 +255,5 @@ def test_peak_memory_within_three_times_inputs_plus_output():
     y = vjp("lip_pool2d", x, logits, **kw)[0]
     g = np.ones_like(y)
     io = x.nbytes + y.nbytes  # logits are a second input, left out of the budget on purpose
-    tracemalloc.start()
-    try:
-        y, pullback = vjp("lip_pool2d", x, logits, **kw)
-        pullback(g)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak, y = traced_peak("lip_pool2d", x, logits, **kw, grad=g)
     assert peak <= 3 * io, f"peak {peak / io:.2f} x (input + output)"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +12,7 @@ from poolkit.ops import avg_pool, max_pool, max_pool2d, vjp
 from poolkit.ops.lse import lse_pool, lse_pool1d, lse_pool2d
 
 from cases import RESEARCH_CASES, Case
-from helpers import check_grads, numeric_grad
+from helpers import check_grads, numeric_grad, traced_peak
 
 
 def _layout(x: np.ndarray, layout: str) -> np.ndarray:
@@ -302,11 +300,5 @@ def test_peak_memory_within_three_times_input_plus_output():
     y = vjp("lse_pool2d", x, **kw)[0]
     g = np.ones_like(y)
     io = x.nbytes + y.nbytes
-    tracemalloc.start()
-    try:
-        y, pullback = vjp("lse_pool2d", x, **kw)
-        pullback(g)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak, y = traced_peak("lse_pool2d", x, **kw, grad=g)
     assert peak <= 3 * io, f"peak {peak / io:.2f} x (input + output)"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from poolkit.ops import vjp
 from poolkit.ops.median import median_pool, median_pool1d, median_pool2d, median_pool3d
 
 from cases import RESEARCH_CASES, Case
-from helpers import check_grads, distinct, torch_vjp
+from helpers import check_grads, distinct, torch_vjp, traced_peak
 
 
 def _loop(x: np.ndarray, **window) -> tuple[np.ndarray, np.ndarray]:
@@ -187,12 +186,6 @@ def test_peak_memory_within_three_times_input_plus_output():
     y = median_pool2d(x, **kw)
     g = np.ones_like(y)
     io = x.nbytes + y.nbytes
-    tracemalloc.start()
-    try:
-        y, pullback = vjp("median_pool2d", x, **kw)
-        pullback(g)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak, y = traced_peak("median_pool2d", x, **kw, grad=g)
     # stacking every tap of the input (sliding_window_view) would be 9x the input here
     assert peak <= 3 * io, f"peak {peak / io:.2f} x (input + output)"

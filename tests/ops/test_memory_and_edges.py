@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 
 from poolkit import registry
 from poolkit.ops import vjp
+
+from helpers import traced_peak
 
 CALLS = [
     pytest.param("max_pool2d", dict(kernel_size=3, stride=2, padding=1), id="max-resnet-stem"),
@@ -44,13 +44,7 @@ def _check_memory(op, example, bound=3.0):
     y = out[0] if isinstance(out, tuple) else out
     g = np.ones_like(y)  # the upstream gradient is the caller's memory
     io = sum(np.asarray(a).nbytes for a in arrays if isinstance(a, np.ndarray)) + y.nbytes
-    tracemalloc.start()
-    try:
-        out, pullback = vjp(op, *arrays, **kw)
-        pullback(g)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak, _ = traced_peak(op, *arrays, grad=g, **kw)
     # A kernel-volume copy (sliding_window_view(...).reshape) would be 9x the input here.
     assert peak <= bound * io, f"{op}: peak {peak / io:.2f} x (inputs + output)"
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 from scipy.special import chdtrc
@@ -14,7 +12,7 @@ from poolkit.ops import avg_pool, avg_pool2d, max_pool, max_pool2d, vjp
 from poolkit.ops.mixed import mixed_pool, mixed_pool1d, mixed_pool2d
 
 from cases import RESEARCH_CASES, Case
-from helpers import check_grads, distinct, numeric_grad
+from helpers import check_grads, distinct, numeric_grad, traced_peak
 
 
 def chisquare_p(observed, expected=None):
@@ -291,13 +289,7 @@ def test_peak_memory_within_three_times_input_plus_output():
     x = np.random.default_rng(0).standard_normal((16, 16, 128, 128), dtype=np.float32)
     kw = dict(kernel_size=3, stride=1, padding=1, alpha=np.full(16, 0.5, np.float32), mode="channel")
     g = np.ones_like(x)  # stride 1, padding 1: the output has the input's shape
-    tracemalloc.start()
-    try:
-        y, pullback = vjp("mixed_pool2d", x, **kw)
-        pullback(g)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak, y = traced_peak("mixed_pool2d", x, **kw, grad=g)
     io = x.nbytes + y.nbytes
     assert peak <= 3 * io, f"peak {peak / io:.2f} x (input + output)"
 

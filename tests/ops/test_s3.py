@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import tracemalloc
 from collections import Counter
 
 import numpy as np
@@ -15,7 +14,7 @@ from poolkit.ops import max_pool, max_pool2d, vjp
 from poolkit.ops.s3 import s3_pool, s3_pool1d, s3_pool2d, s3_pool3d
 
 from cases import RESEARCH_CASES, Case
-from helpers import distinct, numeric_grad
+from helpers import distinct, numeric_grad, traced_peak
 
 
 def chisquare_p(observed, expected=None):
@@ -217,13 +216,7 @@ def test_peak_memory_within_three_times_input_plus_output():
     x = np.random.default_rng(0).standard_normal((16, 16, 128, 128), dtype=np.float32)
     kw = dict(kernel_size=3, grid_size=4, stride=2, rng=0)
     g = np.ones((16, 16, 64, 64), np.float32)
-    tracemalloc.start()
-    try:
-        y, pullback = vjp("s3_pool2d", x, **kw)
-        pullback(g)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak, y = traced_peak("s3_pool2d", x, **kw, grad=g)
     io = x.nbytes + y.nbytes
     assert peak <= 3 * io, f"peak {peak / io:.2f} x (input + output)"
 

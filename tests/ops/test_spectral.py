@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 import torch
@@ -12,7 +10,7 @@ from poolkit.errors import PoolingConfigError, PoolingInputError
 from poolkit.ops import vjp
 from poolkit.ops.spectral import spectral_pool, spectral_pool1d, spectral_pool2d, spectral_pool3d
 
-from helpers import check_grads, torch_vjp
+from helpers import check_grads, torch_vjp, traced_peak
 
 # (input shape, output size): odd/even in, odd/even out, unchanged axes, 1-D to 3-D
 SHAPES = [
@@ -199,11 +197,5 @@ def test_peak_memory_within_three_times_input_plus_output():
     y = vjp("spectral_pool2d", x, **kw)[0]
     g = np.ones_like(y)
     io = x.nbytes + y.nbytes
-    tracemalloc.start()
-    try:
-        y, pullback = vjp("spectral_pool2d", x, **kw)
-        pullback(g)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak, y = traced_peak("spectral_pool2d", x, **kw, grad=g)
     assert peak <= 3 * io, f"peak {peak / io:.2f} x (input + output)"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from poolkit.ops import max_pool2d, vjp
 from poolkit.ops.stochastic import stochastic_pool, stochastic_pool1d, stochastic_pool2d
 
 from cases import RESEARCH_CASES, Case
-from helpers import check_grads, numeric_grad
+from helpers import check_grads, numeric_grad, traced_peak
 
 
 def chisquare_p(observed, expected=None):
@@ -319,13 +318,7 @@ def test_peak_memory_within_three_times_input_plus_output(kw):
     x = np.random.default_rng(0).standard_normal((16, 16, 128, 128), dtype=np.float32)
     out = window_spec((128, 128), kw["kernel_size"], kw["stride"], kw["padding"]).output_size
     g = np.ones((16, 16, *out), np.float32)  # the upstream gradient is the caller's memory
-    tracemalloc.start()
-    try:
-        y, pullback = vjp("stochastic_pool2d", x, **kw)
-        pullback(g)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak, y = traced_peak("stochastic_pool2d", x, **kw, grad=g)
     io = x.nbytes + y.nbytes
     assert peak <= 3 * io, f"peak {peak / io:.2f} x (input + output)"
 

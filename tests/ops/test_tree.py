@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from poolkit.ops import avg_pool, vjp
 from poolkit.ops.tree import tree_pool, tree_pool1d, tree_pool2d
 
 from cases import RESEARCH_CASES, Case
-from helpers import check_grads
+from helpers import check_grads, traced_peak
 
 
 def _windows(spatial, window):
@@ -261,11 +260,5 @@ def test_peak_memory_within_three_times_input_plus_output():
     gates = np.full((1, 3, 3), 0.1, np.float32)
     g = np.ones_like(x)  # stride 1, padding 1: the output is input-sized
     io = x.nbytes + g.nbytes
-    tracemalloc.start()
-    try:
-        y, pullback = vjp("tree_pool2d", x, leaves, gates, kernel_size=3, stride=1, padding=1)
-        pullback(g)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak, y = traced_peak("tree_pool2d", x, leaves, gates, kernel_size=3, stride=1, padding=1, grad=g)
     assert peak <= 3 * io, f"peak {peak / io:.2f} x (input + output)"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 
@@ -11,7 +9,7 @@ from poolkit.errors import PoolingConfigError, PoolingInputError
 from poolkit.ops import avg_pool, vjp
 from poolkit.ops.wavelet import wavelet_pool, wavelet_pool1d, wavelet_pool2d, wavelet_pool3d
 
-from helpers import check_grads
+from helpers import check_grads, traced_peak
 
 R2 = np.sqrt(2.0)
 
@@ -153,11 +151,5 @@ def test_peak_memory_within_three_times_input_plus_output():
     y = wavelet_pool2d(x)
     g = np.ones_like(y)
     io = x.nbytes + y.nbytes
-    tracemalloc.start()
-    try:
-        y, pullback = vjp("wavelet_pool2d", x)
-        pullback(g)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak, y = traced_peak("wavelet_pool2d", x, grad=g)
     assert peak <= 3 * io, f"peak {peak / io:.2f} x (input + output)"
