@@ -156,3 +156,12 @@ def traced_peak(op: str, *arrays: Any, grad: np.ndarray, **settings: Any) -> tup
     finally:
         tracemalloc.stop()
     return peak, out
+
+
+def chisquare_p(observed: Any, expected: Any = None) -> float:
+    """p-value of Pearson's chi-square test (scipy.stats.chisquare without importing scipy.stats)."""
+    from scipy.special import chdtrc
+
+    observed = np.asarray(observed, dtype=float)
+    expected = np.full(observed.shape, observed.mean()) if expected is None else np.asarray(expected, float)
+    return float(chdtrc(observed.size - 1, ((observed - expected) ** 2 / expected).sum()))

@@ -7,21 +7,13 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from scipy.special import chdtrc
 
 from poolkit.errors import PoolingConfigError, PoolingInputError
 from poolkit.ops import max_pool, max_pool2d, vjp
 from poolkit.ops.s3 import s3_pool, s3_pool1d, s3_pool2d, s3_pool3d
 
 from cases import RESEARCH_CASES, Case
-from helpers import distinct, numeric_grad, traced_peak
-
-
-def chisquare_p(observed, expected=None):
-    """p-value of Pearson's chi-square test (scipy.stats.chisquare without importing scipy.stats)."""
-    observed = np.asarray(observed, dtype=float)
-    expected = np.full(observed.shape, observed.mean()) if expected is None else np.asarray(expected, float)
-    return float(chdtrc(observed.size - 1, ((observed - expected) ** 2 / expected).sum()))
+from helpers import chisquare_p, distinct, numeric_grad, traced_peak
 
 
 def _settings(case: Case) -> dict:

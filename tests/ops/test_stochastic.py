@@ -6,7 +6,6 @@ import itertools
 
 import numpy as np
 import pytest
-from scipy.special import chdtrc
 
 from poolkit.errors import PoolingConfigError, PoolingInputError
 from poolkit.geometry import window_spec
@@ -14,14 +13,7 @@ from poolkit.ops import max_pool2d, vjp
 from poolkit.ops.stochastic import stochastic_pool, stochastic_pool1d, stochastic_pool2d
 
 from cases import RESEARCH_CASES, Case
-from helpers import check_grads, numeric_grad, traced_peak
-
-
-def chisquare_p(observed, expected=None):
-    """p-value of Pearson's chi-square test (scipy.stats.chisquare without importing scipy.stats)."""
-    observed = np.asarray(observed, dtype=float)
-    expected = np.full(observed.shape, observed.mean()) if expected is None else np.asarray(expected, float)
-    return float(chdtrc(observed.size - 1, ((observed - expected) ** 2 / expected).sum()))
+from helpers import check_grads, chisquare_p, numeric_grad, traced_peak
 
 
 def _window_taps(spatial, window):
