@@ -29,3 +29,7 @@ settings.register_profile(
     "thorough", max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("POOLKIT_HYPOTHESIS_PROFILE", "ci"))
+
+# Backend workers run in their own processes (TensorFlow and torch's triton crash together);
+# doctest collection must not import them here.
+collect_ignore = ["backends/tf_worker.py"]

@@ -43,7 +43,8 @@ def _check_memory(op, example, bound=3.0):
     out = vjp(op, *arrays, **kw)[0]
     y = out[0] if isinstance(out, tuple) else out
     g = np.ones_like(y)  # the upstream gradient is the caller's memory
-    io = sum(np.asarray(a).nbytes for a in arrays if isinstance(a, np.ndarray)) + y.nbytes
+    flat = [b for a in arrays for b in (a if isinstance(a, (list, tuple)) else [a])]
+    io = sum(a.nbytes for a in flat if isinstance(a, np.ndarray)) + y.nbytes
     peak, _ = traced_peak(op, *arrays, grad=g, **kw)
     # A kernel-volume copy (sliding_window_view(...).reshape) would be 9x the input here.
     assert peak <= bound * io, f"{op}: peak {peak / io:.2f} x (inputs + output)"

@@ -48,6 +48,9 @@ from .masked import masked_pool, masked_pool1d, masked_pool2d, masked_pool3d
 from .max_pool import max_pool, max_pool1d, max_pool2d, max_pool3d
 from .median import median_pool, median_pool1d, median_pool2d, median_pool3d
 from .mixed import mixed_pool, mixed_pool1d, mixed_pool2d, mixed_pool3d
+from .multiscale import multiscale_roi_align, multiscale_roi_align2d
+from .precise_roi import precise_roi_pool, precise_roi_pool2d
+from .ps_roi import ps_roi_align, ps_roi_align2d, ps_roi_pool, ps_roi_pool2d
 from .pyramid import (
     spatial_pyramid_pool,
     spatial_pyramid_pool1d,
@@ -62,6 +65,7 @@ from .pyramid import (
     sppf2d,
     sppf3d,
 )
+from .roi import roi_align, roi_align2d, roi_pool, roi_pool2d
 from .s3 import s3_pool, s3_pool1d, s3_pool2d, s3_pool3d
 from .segment import segment_pool
 from .soft import soft_pool, soft_pool1d, soft_pool2d, soft_pool3d
@@ -72,6 +76,18 @@ from .unpool import max_unpool, max_unpool1d, max_unpool2d, max_unpool3d
 from .wavelet import wavelet_pool, wavelet_pool1d, wavelet_pool2d, wavelet_pool3d
 
 __all__ = [
+    "multiscale_roi_align",
+    "multiscale_roi_align2d",
+    "precise_roi_pool",
+    "precise_roi_pool2d",
+    "ps_roi_pool",
+    "ps_roi_pool2d",
+    "ps_roi_align",
+    "ps_roi_align2d",
+    "roi_pool",
+    "roi_pool2d",
+    "roi_align",
+    "roi_align2d",
     "blur_pool",
     "blur_pool1d",
     "blur_pool2d",

@@ -24,7 +24,7 @@ def as_rois(op: str, boxes: Any, n_images: int, dtype: Any = np.float64) -> tupl
     if isinstance(boxes, (list, tuple)) and not (
         len(boxes) and np.ndim(boxes[0]) == 1 and len(boxes[0]) == 5
     ):
-        if len(boxes) != n_images and len(boxes) > n_images:
+        if len(boxes) > n_images:
             raise PoolingInputError(
                 f"{op}: boxes is a list of {len(boxes)} per-image arrays but the input holds {n_images} images."
             )

@@ -109,6 +109,16 @@ class Batch:
         return a
 
 
+def _has_alias(name: str) -> bool:
+    from ..registry import resolve
+
+    try:
+        resolve(name)
+    except ValueError:
+        return False
+    return True
+
+
 def check_float(op: str, x: np.ndarray, name: str = "x") -> None:
     if not np.issubdtype(x.dtype, np.floating):
         kind = "complex" if np.issubdtype(x.dtype, np.complexfloating) else x.dtype.name
@@ -150,7 +160,9 @@ def prepare(
         elif x.ndim > nd + 2 or x.ndim < nd:
             other = x.ndim - 2
             base = op[:-2] if op[-2:-1].isdigit() else op
-            fix = f" For a {other}-D spatial input use {base}{other}d." if 1 <= other <= 3 else ""
+            fix = (
+                f" For a {other}-D spatial input use {base}{other}d." if _has_alias(f"{base}{other}d") else ""
+            )
         else:
             fix = ""
         raise PoolingInputError(f"{op} expects {want}, got shape {x.shape}.{fix}")
