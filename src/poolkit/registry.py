@@ -10,6 +10,7 @@ and which backends implement it.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,8 +51,11 @@ class OpInfo:
 
     @property
     def summary(self) -> str:
+        """First docstring line, reST markup removed (``code``, :func:`name`)."""
         doc = inspect.getdoc(self.function) or ""
-        return doc.splitlines()[0] if doc else ""
+        line = doc.splitlines()[0] if doc else ""
+        line = re.sub(r":\w+:`~?([^`]+)`", r"\1", line)
+        return line.replace("``", "")
 
     @property
     def params(self) -> dict[str, Any]:
