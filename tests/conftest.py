@@ -14,6 +14,10 @@ for var in ("HOME", "KERAS_HOME", "MPLCONFIGDIR"):
     os.environ.setdefault(f"POOLKIT_ORIG_{var}", os.environ.get(var, ""))
     os.environ[var] = _TMP_HOME
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# torch.compile costs ~13 s cold per process: share Inductor's cache between workers and runs.
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), "poolkit-inductor-cache")
+)
 
 settings.register_profile(
     "ci", max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]

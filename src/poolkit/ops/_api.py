@@ -41,6 +41,8 @@ def define(
 ) -> dict[str, Callable[..., Any]]:
     """Register an operator and return its rank-fixed aliases by name."""
     aliases = {f"{public.__name__}{nd}d": ranked(public, impl, nd) for nd in ndims}
+    if "backends" in meta:
+        meta["backends"] = frozenset(meta["backends"])
     register(
         OpInfo(
             name=public.__name__,

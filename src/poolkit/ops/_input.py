@@ -17,7 +17,16 @@ import numpy as np
 from .._validate import check_choice
 from ..errors import PoolingInputError
 
-__all__ = ["Batch", "prepare", "infer_ndim", "axis_names", "check_grad"]
+__all__ = [
+    "Batch",
+    "prepare",
+    "infer_ndim",
+    "axis_names",
+    "check_grad",
+    "check_rank",
+    "float_dtype_error",
+    "DATA_FORMATS",
+]
 
 _LETTERS = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 DATA_FORMATS = ("channels_first", "channels_last")
@@ -119,14 +128,49 @@ def _has_alias(name: str) -> bool:
     return True
 
 
+def float_dtype_error(
+    op: str, kind: str, name: str = "x", convert: str = "astype(np.float32)"
+) -> PoolingInputError:
+    """The error for a non-floating input; ``kind`` is the dtype's name or "complex"."""
+    return PoolingInputError(
+        f"{op} expects a floating-point {name} (float16, float32 or float64), got dtype {kind}. "
+        f"Convert with {name}.{convert}"
+        + (" (or pool the real and imaginary parts separately)." if kind == "complex" else ".")
+    )
+
+
 def check_float(op: str, x: np.ndarray, name: str = "x") -> None:
     if not np.issubdtype(x.dtype, np.floating):
         kind = "complex" if np.issubdtype(x.dtype, np.complexfloating) else x.dtype.name
-        raise PoolingInputError(
-            f"{op} expects a floating-point {name} (float16, float32 or float64), got dtype {kind}. "
-            f"Convert with {name}.astype(np.float32)"
-            + (" (or pool the real and imaginary parts separately)." if kind == "complex" else ".")
-        )
+        raise float_dtype_error(op, kind, name)
+
+
+def check_rank(
+    op: str,
+    shape: Sequence[int],
+    nd: int,
+    channels_last: bool,
+    allow_unbatched: bool = True,
+    what: str = "array",
+) -> bool:
+    """Whether ``shape`` is batched; raise the rank error (for any backend) if it fits neither form."""
+    rank = len(shape)
+    if rank == nd + 2:
+        return True
+    if rank == nd + 1 and allow_unbatched:
+        return False
+    want = f"a {nd + 2}-D {what} shaped {axis_names(nd, channels_last)}"
+    if allow_unbatched:
+        want += f" or a {nd + 1}-D unbatched {what} {axis_names(nd, channels_last, False)}"
+    if rank == nd:
+        fix = " Add batch and channel axes with x[None, None]."
+    elif rank > nd + 2 or rank < nd:
+        other = rank - 2
+        base = op[:-2] if op[-2:-1].isdigit() else op
+        fix = f" For a {other}-D spatial input use {base}{other}d." if _has_alias(f"{base}{other}d") else ""
+    else:
+        fix = ""
+    raise PoolingInputError(f"{op} expects {want}, got shape {tuple(shape)}.{fix}")
 
 
 def prepare(
@@ -146,26 +190,9 @@ def prepare(
     channels_last = data_format == "channels_last"
     x = np.asarray(x)
     check_float(op, x)
-    if x.ndim == nd + 2:
-        batched = True
-    elif x.ndim == nd + 1 and allow_unbatched:
-        batched = False
+    batched = check_rank(op, x.shape, nd, channels_last, allow_unbatched)
+    if not batched:
         x = x[None]
-    else:
-        want = f"a {nd + 2}-D array shaped {axis_names(nd, channels_last)}"
-        if allow_unbatched:
-            want += f" or a {nd + 1}-D unbatched array {axis_names(nd, channels_last, False)}"
-        if x.ndim == nd:
-            fix = " Add batch and channel axes with x[None, None]."
-        elif x.ndim > nd + 2 or x.ndim < nd:
-            other = x.ndim - 2
-            base = op[:-2] if op[-2:-1].isdigit() else op
-            fix = (
-                f" For a {other}-D spatial input use {base}{other}d." if _has_alias(f"{base}{other}d") else ""
-            )
-        else:
-            fix = ""
-        raise PoolingInputError(f"{op} expects {want}, got shape {x.shape}.{fix}")
     if channels_last:
         x = np.moveaxis(x, -1, 1)
     dtype = x.dtype

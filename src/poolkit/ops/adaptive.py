@@ -313,13 +313,39 @@ def _example_global(x: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 
 _max_aliases = define(
-    adaptive_max_pool, _adaptive_max_pool, _adaptive_backward, family="adaptive", example=_example_adaptive
+    adaptive_max_pool,
+    _adaptive_max_pool,
+    _adaptive_backward,
+    family="adaptive",
+    backends=("numpy", "torch"),
+    example=_example_adaptive,
 )
 _avg_aliases = define(
-    adaptive_avg_pool, _adaptive_avg_pool, _adaptive_backward, family="adaptive", example=_example_adaptive
+    adaptive_avg_pool,
+    _adaptive_avg_pool,
+    _adaptive_backward,
+    family="adaptive",
+    backends=("numpy", "torch"),
+    example=_example_adaptive,
 )
-define(global_max_pool, _global_max, _global_backward, family="global", ndims=(), example=_example_global)
-define(global_avg_pool, _global_avg, _global_backward, family="global", ndims=(), example=_example_global)
+define(
+    global_max_pool,
+    _global_max,
+    _global_backward,
+    family="global",
+    backends=("numpy", "torch"),
+    ndims=(),
+    example=_example_global,
+)
+define(
+    global_avg_pool,
+    _global_avg,
+    _global_backward,
+    family="global",
+    backends=("numpy", "torch"),
+    ndims=(),
+    example=_example_global,
+)
 adaptive_max_pool1d = _max_aliases["adaptive_max_pool1d"]
 adaptive_max_pool2d = _max_aliases["adaptive_max_pool2d"]
 adaptive_max_pool3d = _max_aliases["adaptive_max_pool3d"]

@@ -139,7 +139,12 @@ def _avg_pool_backward(ctx: _Ctx, grad_output: Any) -> dict[str, np.ndarray]:
 
 
 _aliases = define(
-    avg_pool, _avg_pool, _avg_pool_backward, family="classic", example=lambda x: ((x,), {"kernel_size": 2})
+    avg_pool,
+    _avg_pool,
+    _avg_pool_backward,
+    family="classic",
+    backends=("numpy", "torch"),
+    example=lambda x: ((x,), {"kernel_size": 2}),
 )
 avg_pool1d = _aliases["avg_pool1d"]
 avg_pool2d = _aliases["avg_pool2d"]

@@ -165,13 +165,20 @@ def _fractional_backward(ctx: _Ctx, grad_output: Any) -> dict[str, np.ndarray]:
     return {"x": batch.to_user(gx)}
 
 
+def _fixed_samples(x: Any) -> np.ndarray:
+    """Deterministic samples for the registry example (every backend reproduces them)."""
+    n, c, nd = x.shape[0], x.shape[1], np.ndim(x) - 2
+    return ((np.arange(n * c * nd).reshape(n, c, nd) % 7) + 0.5) / 8
+
+
 _aliases = define(
     fractional_max_pool,
     _fractional_max_pool,
     _fractional_backward,
     family="classic",
+    backends=("numpy", "torch"),
     stochastic=True,
-    example=lambda x: ((x,), {"kernel_size": 2, "output_ratio": 0.5, "rng": 0}),
+    example=lambda x: ((x,), {"kernel_size": 2, "output_ratio": 0.5, "samples": _fixed_samples(x)}),
 )
 fractional_max_pool1d = _aliases["fractional_max_pool1d"]
 fractional_max_pool2d = _aliases["fractional_max_pool2d"]

@@ -175,7 +175,12 @@ def _max_pool_backward(ctx: _Ctx, grad_output: Any) -> dict[str, np.ndarray]:
 
 
 _aliases = define(
-    max_pool, _max_pool, _max_pool_backward, family="classic", example=lambda x: ((x,), {"kernel_size": 2})
+    max_pool,
+    _max_pool,
+    _max_pool_backward,
+    family="classic",
+    backends=("numpy", "torch"),
+    example=lambda x: ((x,), {"kernel_size": 2}),
 )
 max_pool1d = _aliases["max_pool1d"]
 max_pool2d = _aliases["max_pool2d"]

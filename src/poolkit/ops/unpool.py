@@ -155,10 +155,17 @@ def _example(x: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     from .max_pool import max_pool
 
     y, idx = max_pool(x, 2, return_indices=True)
-    return (y, idx), {"kernel_size": 2}
+    return (y, idx), {"kernel_size": 2, "output_size": x.shape[2:]}
 
 
-_aliases = define(max_unpool, _max_unpool, _max_unpool_backward, family="classic", example=_example)
+_aliases = define(
+    max_unpool,
+    _max_unpool,
+    _max_unpool_backward,
+    family="classic",
+    backends=("numpy", "torch"),
+    example=_example,
+)
 max_unpool1d = _aliases["max_unpool1d"]
 max_unpool2d = _aliases["max_unpool2d"]
 max_unpool3d = _aliases["max_unpool3d"]
