@@ -106,9 +106,9 @@ def max_pool(
     >>> import torch
     >>> from poolkit.torch.functional import max_pool2d
     >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
-    >>> max_pool2d(x, 3, stride=2, padding="same")
-    tensor([[[[ 5.,  7.],
-              [13., 15.]]]])
+    >>> max_pool2d(x, 3, stride=2, padding="same")  # TensorFlow's rule: pad 0 before, 1 after
+    tensor([[[[10., 11.],
+              [14., 15.]]]])
     """
     return _max_pool(
         x,
