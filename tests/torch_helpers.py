@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 import poolkit.torch.functional as TF
-import torch
 from poolkit import registry
 from poolkit.ops import vjp
 

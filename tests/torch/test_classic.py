@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import torch.nn as nn
 
 import poolkit.ops as P
 import poolkit.torch as PT
 import poolkit.torch.functional as TF
-import torch
 from poolkit.errors import PoolingConfigError, PoolingInputError
 
 from cases import ALL_MAX_CASES, WINDOW_CASES, Case, select

@@ -7,10 +7,10 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import poolkit.torch as PT
 import poolkit.torch.functional as TF
-import torch
 from poolkit import registry
 from torch_helpers import torch_ops
 

@@ -11,9 +11,9 @@ import inspect
 
 import numpy as np
 import pytest
+import torch
 
 import poolkit.torch.functional as TF
-import torch
 from poolkit import registry
 from torch_helpers import DEVICES, as_numpy, example_call, run_numpy, run_torch, torch_ops
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import torch.nn as nn
 
 import poolkit.torch as PT
-import torch
 from poolkit.errors import PoolingConfigError
 
 tv = pytest.importorskip("torchvision")

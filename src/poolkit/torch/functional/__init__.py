@@ -4,72 +4,20 @@
 (tensors instead of arrays) and returns tensors; autograd provides the
 backward. Stochastic operators take ``rng`` as None (torch's global
 generator), an int seed or a ``torch.Generator``.
+
+Each submodule holds one family and lists its functions in ``__all__``;
+they are all re-exported here.
 """
 
-from .adaptive import (
-    adaptive_avg_pool,
-    adaptive_avg_pool1d,
-    adaptive_avg_pool2d,
-    adaptive_avg_pool3d,
-    adaptive_max_pool,
-    adaptive_max_pool1d,
-    adaptive_max_pool2d,
-    adaptive_max_pool3d,
-    fractional_max_pool,
-    fractional_max_pool1d,
-    fractional_max_pool2d,
-    fractional_max_pool3d,
-    global_avg_pool,
-    global_max_pool,
-    max_unpool,
-    max_unpool1d,
-    max_unpool2d,
-    max_unpool3d,
-)
-from .classic import (
-    avg_pool,
-    avg_pool1d,
-    avg_pool2d,
-    avg_pool3d,
-    lp_pool,
-    lp_pool1d,
-    lp_pool2d,
-    lp_pool3d,
-    max_pool,
-    max_pool1d,
-    max_pool2d,
-    max_pool3d,
-)
+import importlib as _importlib
+import pkgutil as _pkgutil
 
-__all__ = [
-    "max_pool",
-    "max_pool1d",
-    "max_pool2d",
-    "max_pool3d",
-    "avg_pool",
-    "avg_pool1d",
-    "avg_pool2d",
-    "avg_pool3d",
-    "lp_pool",
-    "lp_pool1d",
-    "lp_pool2d",
-    "lp_pool3d",
-    "adaptive_max_pool",
-    "adaptive_max_pool1d",
-    "adaptive_max_pool2d",
-    "adaptive_max_pool3d",
-    "adaptive_avg_pool",
-    "adaptive_avg_pool1d",
-    "adaptive_avg_pool2d",
-    "adaptive_avg_pool3d",
-    "global_max_pool",
-    "global_avg_pool",
-    "fractional_max_pool",
-    "fractional_max_pool1d",
-    "fractional_max_pool2d",
-    "fractional_max_pool3d",
-    "max_unpool",
-    "max_unpool1d",
-    "max_unpool2d",
-    "max_unpool3d",
-]
+__all__: list[str] = []
+for _info in sorted(_pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _info.name.startswith("_"):
+        continue
+    _module = _importlib.import_module(f"{__name__}.{_info.name}")
+    for _name in _module.__all__:
+        globals()[_name] = getattr(_module, _name)
+        __all__.append(_name)
+del _importlib, _pkgutil, _info, _module, _name

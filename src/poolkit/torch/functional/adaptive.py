@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch.nn.functional as F
-
 import torch
+import torch.nn.functional as F
 
 from ..._validate import check_bool, check_choice, int_tuple
 from ...errors import PoolingInputError

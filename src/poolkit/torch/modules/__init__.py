@@ -1,6 +1,14 @@
-"""``nn.Module`` versions of every poolkit operator."""
+"""``nn.Module`` versions of every poolkit operator (each submodule one family, re-exported here)."""
 
-from .classic import *  # noqa: F403
-from .classic import __all__ as _classic
+import importlib as _importlib
+import pkgutil as _pkgutil
 
-__all__ = [*_classic]
+__all__: list[str] = []
+for _info in sorted(_pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _info.name.startswith("_"):
+        continue
+    _module = _importlib.import_module(f"{__name__}.{_info.name}")
+    for _name in _module.__all__:
+        globals()[_name] = getattr(_module, _name)
+        __all__.append(_name)
+del _importlib, _pkgutil, _info, _module, _name
