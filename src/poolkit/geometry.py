@@ -22,7 +22,7 @@ Rules (PyTorch's, ``aten/src/ATen/native/Pool.h``, extended):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -36,6 +36,7 @@ __all__ = [
     "AxisWindow",
     "WindowSpec",
     "window_spec",
+    "check_window_settings",
     "adaptive_output_size",
     "adaptive_bins",
     "adaptive_window",
@@ -194,7 +195,12 @@ class WindowSpec:
 
 
 def _parse_padding(
-    op: str, padding: Any, nd: int, kernel: tuple[int, ...], span: tuple[int, ...]
+    op: str,
+    padding: Any,
+    nd: int,
+    kernel: tuple[int, ...],
+    span: tuple[int, ...],
+    kernel_name: str = "kernel_size",
 ) -> tuple[str, list[tuple[int, int]] | None]:
     """Return ``(mode, pairs)``; pairs is None for ``"same"`` (computed per input)."""
     if isinstance(padding, str):
@@ -245,8 +251,8 @@ def _parse_padding(
             p = check_int(op, "padding", entry, 0)
             if p > kernel[axis] // 2:
                 raise PoolingConfigError(
-                    f"{op}: padding={p} on axis {axis} is more than half of kernel_size="
-                    f"{kernel[axis]} (PyTorch's rule: padding <= kernel_size // 2 = {kernel[axis] // 2}). "
+                    f"{op}: padding={p} on axis {axis} is more than half of {kernel_name}="
+                    f"{kernel[axis]} (PyTorch's rule: padding <= {kernel_name} // 2 = {kernel[axis] // 2}). "
                     f"Lower the padding, use padding='same', or give an explicit (lo, hi) pair."
                 )
             pairs.append((p, p))
@@ -262,6 +268,7 @@ def window_spec(
     ceil_mode: bool = False,
     *,
     op: str = "pool",
+    names: Mapping[str, str] | None = None,
 ) -> WindowSpec:
     """Compute the geometry of a pooling call.
 
@@ -277,6 +284,10 @@ def window_spec(
         Round the output size up (PyTorch's rule).
     op : str
         Operator name used in error messages.
+    names : mapping, optional
+        The caller's names for the arguments, for error messages (Keras
+        layers: ``{"kernel_size": "pool_size", "stride": "strides",
+        "dilation": "dilation_rate"}``).
 
     Examples
     --------
@@ -296,15 +307,17 @@ def window_spec(
                 f"{op}: spatial axis {axis} of the input has size {n}; pooling needs at least one "
                 f"sample per spatial axis (got spatial size {input_size})."
             )
-    k = int_tuple(op, "kernel_size", kernel_size, nd, 1)
+    names = dict(names or {})
+    kn, sn, dn = (names.get(a, a) for a in ("kernel_size", "stride", "dilation"))
+    k = int_tuple(op, kn, kernel_size, nd, 1)
     if stride is None or (isinstance(stride, Sequence) and not isinstance(stride, str) and len(stride) == 0):
         s = k
     else:
-        s = int_tuple(op, "stride", stride, nd, 1)
-    d = int_tuple(op, "dilation", dilation, nd, 1)
+        s = int_tuple(op, sn, stride, nd, 1)
+    d = int_tuple(op, dn, dilation, nd, 1)
     ceil = check_bool(op, "ceil_mode", ceil_mode)
     span = tuple(di * (ki - 1) + 1 for ki, di in zip(k, d))
-    mode, pairs = _parse_padding(op, padding, nd, k, span)
+    mode, pairs = _parse_padding(op, padding, nd, k, span, kn)
     if mode == "same" and ceil:
         raise PoolingConfigError(
             f"{op}: ceil_mode=True cannot be combined with padding='same', which fixes the output "
@@ -326,12 +339,33 @@ def window_spec(
         if out < 1:
             raise PoolingInputError(
                 f"{op}: the window does not fit the input along spatial axis {axis}: window span "
-                f"{sp} (kernel_size={ki}, dilation={di}) is larger than the padded input "
-                f"{n} + {lo} + {hi} = {n + lo + hi}. Use a smaller kernel_size or dilation, more "
+                f"{sp} ({kn}={ki}, {dn}={di}) is larger than the padded input "
+                f"{n} + {lo} + {hi} = {n + lo + hi}. Use a smaller {kn} or {dn}, more "
                 f"padding, or padding='same'."
             )
         axes.append(AxisWindow(n, ki, si, di, lo, hi, out, ceil))
     return WindowSpec(tuple(axes), mode)
+
+
+_BIG = 1 << 30  # a notional input large enough for any window: only the settings are checked
+
+
+def check_window_settings(
+    op: str,
+    nd: int,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    dilation: Any = 1,
+    ceil_mode: bool = False,
+    names: Mapping[str, str] | None = None,
+) -> None:
+    """Raise :func:`window_spec`'s errors for settings that are wrong on their own.
+
+    Layers call it at construction, before any input is seen; errors that
+    depend on the input's size (a window larger than the input) come later.
+    """
+    window_spec((_BIG,) * nd, kernel_size, stride, padding, dilation, ceil_mode, op=op, names=names)
 
 
 # --------------------------------------------------------------------------- adaptive

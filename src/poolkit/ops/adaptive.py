@@ -317,7 +317,7 @@ _max_aliases = define(
     _adaptive_max_pool,
     _adaptive_backward,
     family="adaptive",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     example=_example_adaptive,
 )
 _avg_aliases = define(
@@ -325,7 +325,7 @@ _avg_aliases = define(
     _adaptive_avg_pool,
     _adaptive_backward,
     family="adaptive",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     example=_example_adaptive,
 )
 define(
@@ -333,7 +333,7 @@ define(
     _global_max,
     _global_backward,
     family="global",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     ndims=(),
     example=_example_global,
 )
@@ -342,7 +342,7 @@ define(
     _global_avg,
     _global_backward,
     family="global",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     ndims=(),
     example=_example_global,
 )

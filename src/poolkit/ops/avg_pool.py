@@ -143,7 +143,7 @@ _aliases = define(
     _avg_pool,
     _avg_pool_backward,
     family="classic",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     example=lambda x: ((x,), {"kernel_size": 2}),
 )
 avg_pool1d = _aliases["avg_pool1d"]

@@ -176,7 +176,7 @@ _aliases = define(
     _fractional_max_pool,
     _fractional_backward,
     family="classic",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     stochastic=True,
     example=lambda x: ((x,), {"kernel_size": 2, "output_ratio": 0.5, "samples": _fixed_samples(x)}),
 )

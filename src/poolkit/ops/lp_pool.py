@@ -166,7 +166,7 @@ _aliases = define(
     _lp_pool,
     _lp_pool_backward,
     family="classic",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     example=lambda x: ((x,), {"norm_type": 2.0, "kernel_size": 2}),
 )
 lp_pool1d = _aliases["lp_pool1d"]

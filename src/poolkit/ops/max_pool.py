@@ -179,7 +179,7 @@ _aliases = define(
     _max_pool,
     _max_pool_backward,
     family="classic",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     example=lambda x: ((x,), {"kernel_size": 2}),
 )
 max_pool1d = _aliases["max_pool1d"]

@@ -163,7 +163,7 @@ _aliases = define(
     _max_unpool,
     _max_unpool_backward,
     family="classic",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     example=_example,
 )
 max_unpool1d = _aliases["max_unpool1d"]

@@ -7,18 +7,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from ...geometry import window_spec
+from ...geometry import check_window_settings as check_window
 
 __all__ = ["PoolModule", "check_window"]
-
-_BIG = 1 << 30  # a notional input large enough for any window: only the settings are checked
-
-
-def check_window(
-    op: str, nd: int, kernel_size: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool
-) -> None:
-    """Raise the geometry's errors for settings that are wrong on their own (not input-dependent)."""
-    window_spec((_BIG,) * nd, kernel_size, stride, padding, dilation, ceil_mode, op=op)
 
 
 class PoolModule(torch.nn.Module):
