@@ -3,13 +3,18 @@
 Each entry: the constructor's keyword arguments, a batched channels-last
 input shape, and, for layers with more inputs, how to make them (eagerly
 from NumPy, and inside a functional model). Every class in
-``poolkit.keras.__all__`` must have an entry.
+``poolkit.keras.__all__`` must have an entry. The classic layers' entries are
+here; each other family keeps its own in ``cases_<family>.py`` (a module-level
+``CASES`` dict), merged below.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,3 +69,10 @@ for _n, _shape in SHAPES.items():
         f"FractionalMaxPool{_n}D": LayerCase({"pool_size": 2, "output_ratio": 0.5}, _shape),
         f"MaxUnpool{_n}D": _unpool_case(_n, UNPOOL_SHAPES[_n]),
     }
+
+
+for _info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+    if _info.name.startswith("cases_"):
+        _family = importlib.import_module(_info.name).CASES
+        assert not set(_family) & set(CASES), f"{_info.name} repeats layer cases"
+        CASES |= _family

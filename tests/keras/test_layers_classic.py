@@ -198,3 +198,13 @@ def test_tensorflow_functions_agree(padding):
     np.testing.assert_array_equal(
         to_numpy(PK.MaxPool2D(3, 2, padding.lower())(tensor(x))), tf.nn.max_pool2d(x, 3, 2, padding).numpy()
     )
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's own functions")
+def test_tensorflow_parity_example_runs():
+    import runpy
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "tensorflow_parity.py"
+    lines = runpy.run_path(str(example))["main"]()
+    assert len(lines) == 2 and all("indices equal" in line for line in lines)
