@@ -22,6 +22,9 @@ def _ruff() -> list[str]:
 @pytest.mark.parametrize("args", [["check"], ["format", "--check"]], ids=["lint", "format"])
 def test_ruff(args):
     proc = subprocess.run(
-        [*_ruff(), *args, "src", "tests", "benchmarks", "examples", "conftest.py"], cwd=ROOT, capture_output=True, text=True
+        [*_ruff(), *args, "src", "tests", "benchmarks", "examples", "conftest.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
