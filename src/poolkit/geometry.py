@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -44,6 +43,29 @@ __all__ = [
     "fractional_starts",
     "unpool_output_size",
 ]
+
+
+class _cached_property:
+    """``functools.cached_property`` without the lock Python 3.11's takes.
+
+    ``torch.compile`` cannot trace that lock, and the torch operators read
+    window geometry inside compiled code. Caching is per instance, in its
+    ``__dict__`` (the instances are frozen dataclasses).
+    """
+
+    def __init__(self, fn: Any) -> None:
+        self.fn, self.name, self.__doc__ = fn, fn.__name__, fn.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        cache = obj.__dict__
+        if self.name not in cache:
+            cache[self.name] = self.fn(obj)
+        return cache[self.name]
 
 
 @dataclass(frozen=True)
@@ -73,12 +95,12 @@ class AxisWindow:
         """Samples the last window reaches past the explicit right padding."""
         return max(0, (self.out - 1) * self.stride + self.span - (self.size + self.pad_lo + self.pad_hi))
 
-    @cached_property
+    @_cached_property
     def starts(self) -> np.ndarray:
         """Input coordinate of each window's first tap (negative inside the left padding)."""
         return np.arange(self.out, dtype=np.intp) * self.stride - self.pad_lo
 
-    @cached_property
+    @_cached_property
     def taps(self) -> tuple[tuple[int, int, int], ...]:
         """For each kernel offset ``k``: ``(o_lo, o_hi, i_lo)``.
 
@@ -103,7 +125,7 @@ class AxisWindow:
         lo, hi = (-self.pad_lo, self.size + self.pad_hi) if include_pad else (0, self.size)
         return ((coords >= lo) & (coords < hi)).sum(axis=1)
 
-    @cached_property
+    @_cached_property
     def first_tap(self) -> np.ndarray:
         """Offset of each window's first tap with a non-negative coordinate.
 

@@ -222,3 +222,41 @@ def test_inputs_are_never_modified(training):
     pullback(g)
     np.testing.assert_array_equal(x, x0)
     assert (g == 1).all()
+
+
+@pytest.mark.parametrize("case,layout", RESEARCH_CASES)
+def test_explicit_samples_reproduce_the_rng_draws(case: Case, layout, rng):
+    x = _to_layout(distinct(case.shape, rng), layout)
+    kw = dict(_settings(case), data_format=layout)
+    rows = _kept(case.shape, 13, **{k: v for k, v in kw.items() if k != "data_format"})
+    y, pb = vjp("s3_pool", x, samples=rows, **kw)
+    y_rng, pb_rng = vjp("s3_pool", x, rng=13, **kw)
+    np.testing.assert_array_equal(y, y_rng)
+    g = rng.standard_normal(y.shape)
+    np.testing.assert_array_equal(pb(g)["x"], pb_rng(g)["x"])
+    # evaluation ignores the samples (but checks them)
+    np.testing.assert_array_equal(
+        s3_pool(x, samples=rows, training=False, **kw), s3_pool(x, training=False, **kw)
+    )
+
+
+def test_samples_are_checked():
+    x = np.ones((1, 1, 8, 6))
+    ok = [np.array([0, 3, 4, 6]), np.array([1, 2, 5])]
+    assert s3_pool2d(x, samples=ok).shape == (1, 1, 4, 3)
+    with pytest.raises(PoolingInputError, match="samples must be a sequence of 2 1-D integer arrays"):
+        s3_pool2d(x, samples=ok[:1])
+    with pytest.raises(
+        PoolingInputError, match=r"samples\[1\] must be 3 integer positions \(ceil\(6 / stride\)\)"
+    ):
+        s3_pool2d(x, samples=[ok[0], np.array([1, 2])])
+    with pytest.raises(PoolingInputError, match=r"samples\[0\] must be 4 integer positions"):
+        s3_pool2d(x, samples=[ok[0] + 0.0, ok[1]])
+    with pytest.raises(
+        PoolingInputError, match=r"samples\[0\] must be strictly increasing positions in \[0, 8\)"
+    ):
+        s3_pool2d(x, samples=[np.array([0, 3, 3, 6]), ok[1]], training=False)
+    with pytest.raises(
+        PoolingInputError, match=r"samples\[1\] must be strictly increasing positions in \[0, 6\)"
+    ):
+        s3_pool2d(x, samples=[ok[0], np.array([1, 2, 6])])

@@ -326,3 +326,31 @@ def test_inputs_are_never_modified(training):
     pullback(g)
     np.testing.assert_array_equal(x, x0)
     assert (g == 1).all()
+
+
+@pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
+def test_explicit_samples_reproduce_the_rng_draws(layout, rng):
+    x = rng.standard_normal((2, 3, 7, 6))
+    xin = np.moveaxis(x, 1, -1).copy() if layout == "channels_last" else x
+    kw = dict(kernel_size=3, stride=2, padding=1, data_format=layout)
+    u = np.random.default_rng(8).random((2, 3, 4, 3))  # (N, C, *out) whatever the layout
+    y, pb = vjp("stochastic_pool2d", xin, samples=u, **kw)
+    y_rng, pb_rng = vjp("stochastic_pool2d", xin, rng=8, **kw)
+    np.testing.assert_array_equal(y, y_rng)
+    g = rng.standard_normal(y.shape)
+    np.testing.assert_array_equal(pb(g)["x"], pb_rng(g)["x"])
+    # unbatched input takes (C, *out); evaluation ignores the samples (but checks them)
+    np.testing.assert_array_equal(stochastic_pool2d(xin[0], samples=u[0], **kw), y[0])
+    np.testing.assert_array_equal(
+        stochastic_pool2d(xin, samples=u, training=False, **kw), stochastic_pool2d(xin, training=False, **kw)
+    )
+
+
+def test_samples_are_checked():
+    x = np.ones((1, 2, 4, 4))
+    with pytest.raises(PoolingInputError, match=r"samples must have shape \(N, C, \*out\) = \(1, 2, 2, 2\)"):
+        stochastic_pool2d(x, 2, samples=np.zeros((1, 2, 4, 4)))
+    with pytest.raises(PoolingInputError, match=r"samples must be floats in \[0, 1\)"):
+        stochastic_pool2d(x, 2, samples=np.ones((1, 2, 2, 2)), training=False)
+    with pytest.raises(PoolingInputError, match=r"samples must be floats in \[0, 1\), got dtype int64"):
+        stochastic_pool2d(x, 2, samples=np.zeros((1, 2, 2, 2), dtype=np.int64))

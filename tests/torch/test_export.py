@@ -12,25 +12,51 @@ import torch
 import poolkit.torch as PT
 import poolkit.torch.functional as TF
 from poolkit import registry
+
 from torch_helpers import torch_ops
 
 OPS = [i.name for i in torch_ops()]
 DETERMINISTIC = [i.name for i in torch_ops() if not i.stochastic or i.name == "fractional_max_pool"]
 
 
-class Call(torch.nn.Module):
-    """``fn(*arrays, **settings)`` as a module: tensors are inputs, settings constants."""
+def _is_arrays(a) -> bool:
+    return isinstance(a, np.ndarray) or (
+        isinstance(a, (list, tuple)) and bool(a) and all(isinstance(v, np.ndarray) for v in a)
+    )
 
-    def __init__(self, name: str, settings: dict, n_inputs: int) -> None:
+
+class Call(torch.nn.Module):
+    """``fn(*arrays, **settings)`` as a module: tensors (flattened lists of them) are inputs; settings and
+    non-array arguments (such as image sizes) are constants."""
+
+    def __init__(self, name: str, settings: dict, arrays: tuple) -> None:
         super().__init__()
         self.fn = getattr(TF, name)
         self.settings = {
             k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in settings.items()
         }
-        self.n_inputs = n_inputs
+        # per positional argument: an ndarray (1 input), a list of n arrays (n inputs), or a constant
+        self.layout = [
+            ("tensor", 1)
+            if isinstance(a, np.ndarray)
+            else ("list", len(a))
+            if _is_arrays(a)
+            else ("const", a)
+            for a in arrays
+        ]
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        out = self.fn(*tensors, **self.settings)
+        args, i = [], 0
+        for kind, v in self.layout:
+            if kind == "const":
+                args.append(v)
+            elif kind == "tensor":
+                args.append(tensors[i])
+                i += 1
+            else:
+                args.append(list(tensors[i : i + v]))
+                i += v
+        out = self.fn(*args, **self.settings)
         return out[0] if isinstance(out, tuple) else out
 
 
@@ -38,8 +64,13 @@ def _setup(name: str):
     info = registry.get(name)
     x = np.random.default_rng(0).standard_normal((2, 3, 9, 8)).astype(np.float32)
     arrays, settings = info.example(x)
-    tensors = tuple(torch.as_tensor(a) for a in arrays)
-    return Call(name, settings, len(tensors)).eval(), tensors
+    tensors = []
+    for a in arrays:
+        if isinstance(a, np.ndarray):
+            tensors.append(torch.as_tensor(a))
+        elif _is_arrays(a):
+            tensors.extend(torch.as_tensor(v) for v in a)
+    return Call(name, settings, arrays).eval(), tuple(tensors)
 
 
 @pytest.mark.parametrize("name", OPS)

@@ -15,6 +15,7 @@ import torch
 
 import poolkit.torch.functional as TF
 from poolkit import registry
+
 from torch_helpers import DEVICES, as_numpy, example_call, run_numpy, run_torch, torch_ops
 
 OPS = [i.name for i in torch_ops()]
@@ -77,22 +78,34 @@ def test_gradcheck(name):
     names = info.arrays
     inputs, positions = [], []
     targs = []
+
+    def convert(a):
+        if isinstance(a, np.ndarray):
+            return torch.tensor(a, dtype=torch.float64) if a.dtype.kind == "f" else torch.tensor(a)
+        if isinstance(a, (list, tuple)) and a and all(isinstance(v, np.ndarray) for v in a):
+            return [convert(v) for v in a]
+        return a
+
     for pos, a in enumerate(arrays):
-        t = (
-            torch.tensor(a, dtype=torch.float64)
-            if isinstance(a, np.ndarray) and a.dtype.kind == "f"
-            else (torch.tensor(a) if isinstance(a, np.ndarray) else a)
-        )
-        if pos < len(names) and names[pos] in info.differentiable and isinstance(t, torch.Tensor):
-            t.requires_grad_(True)
-            inputs.append(t)
-            positions.append(pos)
+        t = convert(a)
+        if pos < len(names) and names[pos] in info.differentiable:
+            for leaf in t if isinstance(t, list) else [t]:
+                if isinstance(leaf, torch.Tensor):
+                    leaf.requires_grad_(True)
+                    inputs.append(leaf)
+                    positions.append(pos)
         targs.append(t)
 
     def call(*diff):
-        args = list(targs)
+        args = [list(t) if isinstance(t, list) else t for t in targs]
+        counts: dict[int, int] = {}
         for pos, t in zip(positions, diff):
-            args[pos] = t
+            if isinstance(args[pos], list):
+                k = counts.get(pos, 0)
+                args[pos][k] = t
+                counts[pos] = k + 1
+            else:
+                args[pos] = t
         out = fn(*args, **settings)
         return out[0] if isinstance(out, tuple) else out
 

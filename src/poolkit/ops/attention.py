@@ -389,6 +389,7 @@ _aliases = define(
     _attention_pool,
     _attention_backward,
     family="structured",
+    backends=("numpy", "torch"),
     ndims=(1, 2, 3),
     differentiable=("x", "query", "wq", "wk", "wv", "wo"),
     learnable=("query", "wq", "wk", "wv", "wo"),

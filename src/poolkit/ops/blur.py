@@ -412,6 +412,7 @@ _blur_aliases = define(
     _blur_pool,
     _blur_pool_backward,
     family="research",
+    backends=("numpy", "torch"),
     ndims=(1, 2, 3),
     example=lambda x: ((x,), {"filt_size": 3, "stride": 2}),
 )
@@ -424,6 +425,7 @@ _max_blur_aliases = define(
     _max_blur_pool,
     _blur_pool_backward,
     family="research",
+    backends=("numpy", "torch"),
     ndims=(1, 2, 3),
     example=lambda x: ((x,), {"kernel_size": 2, "filt_size": 3, "stride": 2}),
 )

@@ -222,6 +222,7 @@ _aliases = define(
     _lip_pool,
     _lip_pool_backward,
     family="research",
+    backends=("numpy", "torch"),
     differentiable=("x", "logits"),
     learnable=(),
     example=lambda x: (

@@ -201,6 +201,7 @@ _aliases = define(
     _masked_pool,
     _masked_backward,
     family="structured",
+    backends=("numpy", "torch"),
     differentiable=("x", "mask"),
     example=_example,
 )

@@ -274,6 +274,7 @@ _aliases = define(
     _multiscale_roi_align,
     _multiscale_backward,
     family="structured",
+    backends=("numpy", "torch"),
     ndims=(2,),
     differentiable=("features",),
     example=_example,

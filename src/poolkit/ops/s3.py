@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .._validate import check_bool, int_tuple
-from ..errors import PoolingConfigError
+from ..errors import PoolingConfigError, PoolingInputError
 from ._api import define
 from ._input import Batch, check_grad, infer_ndim, prepare
 from .fractional import as_generator
@@ -24,6 +24,7 @@ def s3_pool(
     *,
     stride: Any = 2,
     training: bool = True,
+    samples: Any = None,
     rng: Any = None,
     data_format: str = "channels_first",
 ) -> np.ndarray:
@@ -60,8 +61,14 @@ def s3_pool(
         Down-sampling factor ``s``.
     training : bool
         Random sampling (True) or the deterministic every-``stride``-th row.
+    samples : sequence of array_like, optional
+        The kept rows given explicitly (training only; validated always): one
+        1-D integer array per spatial axis, each of ``ceil(size / stride)``
+        strictly increasing positions in ``[0, size)``, as training draws
+        them. Other backends take the same samples and give the same result.
     rng : None, int or numpy.random.Generator
-        Draws the rows (training only; validated always).
+        Draws the rows when ``samples`` is not given (training only;
+        validated always).
     data_format : {"channels_first", "channels_last"}
 
     Notes
@@ -97,7 +104,14 @@ def s3_pool(
     array([[[ 2.,  3.,  6., -1.]]])
     """
     return _s3_pool(
-        x, kernel_size, grid_size, stride=stride, training=training, rng=rng, data_format=data_format
+        x,
+        kernel_size,
+        grid_size,
+        stride=stride,
+        training=training,
+        samples=samples,
+        rng=rng,
+        data_format=data_format,
     )[0]
 
 
@@ -126,6 +140,31 @@ def _rows(gen: np.random.Generator | None, n: int, g: int, s: int) -> np.ndarray
     return np.concatenate(parts)
 
 
+def _check_samples(op: str, samples: Any, sizes: tuple[int, ...], s: tuple[int, ...]) -> list[np.ndarray]:
+    """Explicit kept rows: per axis ``ceil(size / stride)`` strictly increasing positions in range."""
+    nd = len(sizes)
+    want = tuple(-(-n // st) for n, st in zip(sizes, s))
+    if isinstance(samples, (str, bytes)) or not hasattr(samples, "__len__") or len(samples) != nd:
+        raise PoolingInputError(
+            f"{op}: samples must be a sequence of {nd} 1-D integer arrays (the kept rows of each "
+            f"spatial axis), got {type(samples).__name__}."
+        )
+    rows = []
+    for j, (r, n, k) in enumerate(zip(samples, sizes, want)):
+        a = np.asarray(r)
+        if a.shape != (k,) or not np.issubdtype(a.dtype, np.integer):
+            raise PoolingInputError(
+                f"{op}: samples[{j}] must be {k} integer positions (ceil({n} / stride)), got dtype "
+                f"{a.dtype} and shape {a.shape}."
+            )
+        if k and (a[0] < 0 or a[-1] >= n or (np.diff(a) <= 0).any()):
+            raise PoolingInputError(
+                f"{op}: samples[{j}] must be strictly increasing positions in [0, {n}), got {a.tolist()!r}."
+            )
+        rows.append(a.astype(np.intp))
+    return rows
+
+
 def _s3_pool(
     x: Any,
     kernel_size: Any = 2,
@@ -133,6 +172,7 @@ def _s3_pool(
     *,
     stride: Any = 2,
     training: bool = True,
+    samples: Any = None,
     rng: Any = None,
     data_format: str = "channels_first",
     ndim: int | None = None,
@@ -159,7 +199,11 @@ def _s3_pool(
         xin, k, 1, "same", 1, False, data_format=data_format, ndim=nd, need_ctx=need_ctx, op=op
     )
     m = np.moveaxis(m, -1, 1) if cl else m
-    rows = [_rows(gen if training else None, batch.spatial[j], grid[j], s[j]) for j in range(nd)]
+    given = None if samples is None else _check_samples(op, samples, batch.spatial, s)
+    if training and given is not None:
+        rows = given
+    else:
+        rows = [_rows(gen if training else None, batch.spatial[j], grid[j], s[j]) for j in range(nd)]
     index = np.ix_(*rows)
     out_shape = (*batch.x.shape[:2], *(len(r) for r in rows))
     y = batch.empty(out_shape)
@@ -179,6 +223,12 @@ def _s3_pool_backward(ctx: _Ctx, grad_output: Any) -> dict[str, np.ndarray]:
     return {"x": batch.to_user(np.moveaxis(gx, -1, 1) if cl else gx)}
 
 
+def _fixed_rows(x: Any) -> tuple[np.ndarray, ...]:
+    """Deterministic kept rows for the registry example (grid 4, stride 2; every backend takes them)."""
+    gen = np.random.default_rng(0)
+    return tuple(_rows(gen, n, 4, 2) for n in np.shape(x)[2:])
+
+
 _aliases = define(
     s3_pool,
     _s3_pool,
@@ -186,7 +236,8 @@ _aliases = define(
     family="research",
     differentiable=("x",),
     stochastic=True,
-    example=lambda x: ((x,), {"kernel_size": 2, "grid_size": 4, "stride": 2, "rng": 0}),
+    backends=("numpy", "torch"),
+    example=lambda x: ((x,), {"kernel_size": 2, "grid_size": 4, "stride": 2, "samples": _fixed_rows(x)}),
 )
 s3_pool1d = _aliases["s3_pool1d"]
 s3_pool2d = _aliases["s3_pool2d"]

@@ -249,4 +249,12 @@ def _example(x: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return (items, batch), {"num_segments": 4, "mode": "mean"}
 
 
-define(segment_pool, _segment_pool, _segment_backward, family="set", ndims=(), example=_example)
+define(
+    segment_pool,
+    _segment_pool,
+    _segment_backward,
+    family="set",
+    ndims=(),
+    backends=("numpy", "torch"),
+    example=_example,
+)

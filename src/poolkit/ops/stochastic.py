@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .._validate import check_bool
+from ..errors import PoolingInputError
 from ..geometry import AxisWindow, WindowSpec, window_spec
 from ._api import define
 from ._axes import Alloc, arg_dtype
@@ -29,6 +30,7 @@ def stochastic_pool(
     ceil_mode: bool = False,
     *,
     training: bool = True,
+    samples: Any = None,
     rng: Any = None,
     data_format: str = "channels_first",
 ) -> np.ndarray:
@@ -56,9 +58,17 @@ def stochastic_pool(
         As :func:`poolkit.ops.max_pool`.
     training : bool
         Sample (True) or use the probabilistic weighting (False).
+    samples : array_like, optional
+        The uniforms ``u`` in [0, 1), one per window, shaped ``(N, C, *out)``
+        in channels-first order whatever ``data_format`` (``(C, *out)`` for
+        an unbatched input): the draws ``rng`` would make, given explicitly
+        (training only; validated always). ``samples=g.random((N, C, *out))``
+        gives the result of ``rng=g``; other backends take the same samples
+        and give the same result.
     rng : None, int or numpy.random.Generator
-        Source of the samples (training only; validated always). An int
-        seed gives reproducible draws; ``None`` draws fresh entropy.
+        Source of the samples when ``samples`` is not given (training only;
+        validated always). An int seed gives reproducible draws; ``None``
+        draws fresh entropy.
     data_format : {"channels_first", "channels_last"}
 
     Notes
@@ -101,6 +111,7 @@ def stochastic_pool(
         padding,
         ceil_mode,
         training=training,
+        samples=samples,
         rng=rng,
         data_format=data_format,
     )[0]
@@ -153,6 +164,23 @@ class _Scale:
         return w
 
 
+def _check_samples(op: str, samples: Any, out_shape: tuple[int, ...], batched: bool) -> np.ndarray:
+    """Explicit uniforms: floats in [0, 1) shaped ``(N, C, *out)`` (``(C, *out)`` unbatched), as float64."""
+    u = np.asarray(samples)
+    if not batched and u.shape == out_shape[1:]:
+        u = u[None]
+    if u.shape != out_shape:
+        raise PoolingInputError(
+            f"{op}: samples must have shape (N, C, *out) = {out_shape} (one uniform per window, "
+            f"channels-first whatever data_format), got {u.shape}."
+        )
+    if not np.issubdtype(u.dtype, np.floating) or not np.all((u >= 0) & (u < 1)):
+        raise PoolingInputError(
+            f"{op}: samples must be floats in [0, 1), got dtype {u.dtype} or values outside [0, 1)."
+        )
+    return u.astype(np.float64, copy=False)
+
+
 def _stochastic_pool(
     x: Any,
     kernel_size: Any,
@@ -161,6 +189,7 @@ def _stochastic_pool(
     ceil_mode: bool = False,
     *,
     training: bool = True,
+    samples: Any = None,
     rng: Any = None,
     data_format: str = "channels_first",
     ndim: int | None = None,
@@ -173,11 +202,13 @@ def _stochastic_pool(
     batch = prepare(x, op=op, nd=nd, data_format=data_format, accumulate=True)
     spec = window_spec(batch.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
     out_shape = (*batch.x.shape[:2], *spec.output_size)
+    given = None if samples is None else _check_samples(op, samples, out_shape, batch.batched)
     taps = taps_nd(spec.axes)
     y = batch.empty(out_shape)
     degenerate: list[bool] = []
     if training:
-        u = gen.random(out_shape)  # one uniform per window, independent of the layout
+        # one uniform per window, independent of the layout
+        u = gen.random(out_shape) if given is None else given
         winner = batch.empty(out_shape, arg_dtype(int(np.prod(spec.kernel_size)))) if need_ctx else None
 
         def sample(ins: list[Any], outs: list[Any], _axes: Any) -> None:
@@ -303,6 +334,12 @@ def _stochastic_pool_backward(ctx: _Ctx, grad_output: Any) -> dict[str, np.ndarr
     return {"x": batch.to_user(gx)}
 
 
+def _fixed_samples(x: Any) -> np.ndarray:
+    """Deterministic uniforms for the registry example's ``kernel_size=2`` (every backend takes them)."""
+    shape = (*np.shape(x)[:2], *(n // 2 for n in np.shape(x)[2:]))
+    return np.random.default_rng(0).random(shape)
+
+
 _aliases = define(
     stochastic_pool,
     _stochastic_pool,
@@ -310,7 +347,8 @@ _aliases = define(
     family="research",
     differentiable=("x",),
     stochastic=True,
-    example=lambda x: ((x,), {"kernel_size": 2, "rng": 0}),
+    backends=("numpy", "torch"),
+    example=lambda x: ((x,), {"kernel_size": 2, "samples": _fixed_samples(x)}),
 )
 stochastic_pool1d = _aliases["stochastic_pool1d"]
 stochastic_pool2d = _aliases["stochastic_pool2d"]

@@ -1,0 +1,571 @@
+"""Gated, tree and detail-preserving pooling in torch: poolkit's learned pooling operators.
+
+Semantics are the NumPy reference's (:mod:`poolkit.ops.gated`,
+:mod:`~poolkit.ops.tree`, :mod:`~poolkit.ops.dpp`). The window dot products
+``sum_k w_k x_k`` that gated and tree pooling share, the gate and DPP are
+custom autograd Functions over tap loops (strided views, no kernel-volume
+copy); their backward passes are written in torch ops, so double backward
+works.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from ..._validate import check_bool, check_real
+from ...errors import PoolingConfigError, PoolingInputError
+from ...geometry import WindowSpec, window_spec
+from ...ops._filters import check_filters
+from ...ops.dpp import _param as _check_dpp_param
+from ...ops.tree import _check_tree
+from .._core import aliases, nd_of, pad_to_windows, param_tensor, prepare, tap_views
+from .classic import _avg_pool, _max_pool
+from .stochastic import _needs_grad, compute_dtype, tap_buffer
+
+__all__ = [
+    "gated_pool",
+    "gated_pool1d",
+    "gated_pool2d",
+    "gated_pool3d",
+    "tree_pool",
+    "tree_pool1d",
+    "tree_pool2d",
+    "tree_pool3d",
+    "dpp_pool",
+    "dpp_pool1d",
+    "dpp_pool2d",
+    "dpp_pool3d",
+]
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def _real_tensor(op: str, name: str, value: torch.Tensor) -> None:
+    if value.is_complex() or value.dtype == torch.bool:
+        raise PoolingInputError(
+            f"{op}: {name} must be a real-valued tensor, got dtype {value.dtype}. Convert with "
+            f"{name}.float()."
+        )
+
+
+class _Shape(NamedTuple):
+    shape: tuple[int, ...]
+
+
+def _filters(
+    op: str, name: str, value: Any, kernel: tuple[int, ...], c: int, like: torch.Tensor, lead: str | None
+) -> tuple[torch.Tensor, _Shape]:
+    """A filter argument as ``(J, Cw, K)`` (Cw: 1 shared, or C) in ``like``'s dtype, and its shape.
+
+    The NumPy reference's checks and messages (:func:`poolkit.ops._filters.check_filters`), in
+    plain Python for tensors, so they trace under ``torch.compile``; values stay on the device.
+    """
+    if not isinstance(value, torch.Tensor):
+        info = check_filters(op, name, value, kernel, c, np.float64, lead)
+        value = torch.as_tensor(np.asarray(value), dtype=like.dtype, device=like.device)
+        per_channel = info.per_channel
+    else:
+        _real_tensor(op, name, value)
+        shape = tuple(value.shape)
+        nl = 0 if lead is None else 1
+        per_channel = len(shape) == nl + len(kernel) + 1
+        ok = (
+            len(shape) in (nl + len(kernel), nl + len(kernel) + 1)
+            and shape[len(shape) - len(kernel) :] == kernel
+        )
+        if ok and per_channel:
+            ok = shape[nl] == c
+        if not ok:
+            pre = "" if lead is None else f"{lead}, "
+            ks = ", ".join(map(str, kernel))
+            raise PoolingInputError(
+                f"{op}: {name} must have shape ({pre}{ks}) (shared by every channel) or ({pre}{c}, {ks}) "
+                f"(one per channel), with kernel_size={kernel} and C={c}, got shape {shape}."
+            )
+        value = param_tensor(value, like)
+    j = 1 if lead is None else int(value.shape[0])
+    return value.reshape(j, c if per_channel else 1, math.prod(kernel)), _Shape(tuple(value.shape))
+
+
+def _dots(xp: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+    """``r[j] = sum_k w[j, :, k] x_k`` over each window's taps (``xp`` zero-padded): ``(J, N, C, *out)``."""
+    j, cw, k = w.shape
+    wb = w.reshape(j, 1, cw, *[1] * spec.ndim, k)
+    r = torch.zeros((j, *xp.shape[:2], *spec.output_size), dtype=xp.dtype, device=xp.device)
+    for t, (_, v) in enumerate(tap_views(xp, spec)):
+        r = r + wb[..., t] * v
+    return r
+
+
+class _WindowDots(torch.autograd.Function):
+    """:func:`_dots` saving only ``xp`` and ``w`` (autograd through the tap loop would allocate an
+    input-sized gradient per tap in the backward)."""
+
+    @staticmethod
+    def forward(ctx: Any, xp: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+        ctx.spec = spec
+        ctx.save_for_backward(xp, w)
+        return _dots(xp, w, spec)
+
+    @staticmethod
+    def backward(ctx: Any, gr: torch.Tensor) -> tuple[Any, ...]:
+        xp, w = ctx.saved_tensors
+        spec = ctx.spec
+        j, cw, k = w.shape
+        wb = w.reshape(j, 1, cw, *[1] * spec.ndim, k)
+        dims = (1, *range(3, 3 + spec.ndim))  # batch and space: the weight gradient is per channel
+        gw = []
+        buf = tap_buffer(xp, spec)
+        for t, ((_, v), (_, gv)) in enumerate(zip(tap_views(xp, spec), tap_views(buf, spec))):
+            gv.add_((gr * wb[..., t]).sum(0))
+            gw.append((gr * v).sum(dim=dims))
+        g = torch.stack(gw, dim=-1)  # (J, C, K)
+        if cw == 1:
+            g = g.sum(dim=1, keepdim=True)
+        return buf, g, None
+
+
+def _window_dots(xp: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+    return _WindowDots.apply(xp, w, spec) if _needs_grad(xp, w) else _dots(xp, w, spec)
+
+
+class _Gate(torch.autograd.Function):
+    """``sigmoid(z)`` and ``1 - sigmoid(z)``, both accurate when saturated, with the derivative
+    ``s (1 - s)`` taken as their product (``s * (1 - s)`` would lose it to cancellation)."""
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s, sc = torch.sigmoid(z), torch.sigmoid(-z)
+        ctx.save_for_backward(s, sc)
+        return s, sc
+
+    @staticmethod
+    def backward(ctx: Any, gs: torch.Tensor, gsc: torch.Tensor) -> torch.Tensor:
+        s, sc = ctx.saved_tensors
+        return (gs - gsc) * (s * sc)
+
+
+def _gate(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if _needs_grad(z):
+        return _Gate.apply(z)
+    return torch.sigmoid(z), torch.sigmoid(-z)
+
+
+# --------------------------------------------------------------------------- gated
+
+
+def gated_pool(
+    x: torch.Tensor,
+    weight: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    *,
+    data_format: str = "channels_first",
+) -> torch.Tensor:
+    """Gated max-average pooling ``s max + (1 - s) avg``, ``s = sigmoid(w . x_R)`` (Lee et al., AISTATS 2016).
+
+    See :func:`poolkit.ops.gated_pool`. ``weight`` is the gate filter,
+    ``kernel_size`` shaped (shared by every channel) or ``(C, *kernel_size)``
+    (one per channel); a tensor with ``requires_grad`` learns.
+
+    Notes
+    -----
+    Max branch: poolkit's torch ``max_pool`` (``-inf`` padding); average:
+    ``avg_pool`` with ``count_include_pad=True``; the gate counts padding
+    and ceil-mode overhang as 0. A window holding a NaN or an infinity gives
+    NaN. The gate is a custom Function whose derivative stays accurate when
+    saturated; float16/bfloat16 are computed in float32.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from poolkit.torch.functional import gated_pool1d
+    >>> x = torch.tensor([[[1.0, 3.0, 2.0, 0.0]]])
+    >>> gated_pool1d(x, torch.zeros(2), 2)
+    tensor([[[2.5000, 1.5000]]])
+    """
+    return _gated_pool(x, weight, kernel_size, stride, padding, ceil_mode, data_format=data_format)
+
+
+def _gated_pool(
+    x: torch.Tensor,
+    weight: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    *,
+    data_format: str = "channels_first",
+    ndim: int | None = None,
+    op: str = "gated_pool",
+) -> torch.Tensor:
+    nd = nd_of(op, x, ndim, kernel_size, stride)
+    p = prepare(x, op=op, nd=nd, data_format=data_format)
+    spec = window_spec(p.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
+    xc = compute_dtype(p.x)
+    w, _ = _filters(op, "weight", weight, spec.kernel_size, xc.shape[1], xc, None)
+    z = _window_dots(pad_to_windows(xc, spec, 0.0), w, spec)[0]
+    mx = _max_pool(xc, kernel_size, stride, padding, 1, ceil_mode, ndim=nd, op=op)
+    av = _avg_pool(xc, kernel_size, stride, padding, ceil_mode, True, ndim=nd, op=op)
+    s, sc = _gate(z)
+    y = s * mx + sc * av + (mx - av) * 0  # NaN in windows holding NaN or inf, whatever the gate
+    return p.to_user(y.to(p.dtype))
+
+
+# --------------------------------------------------------------------------- tree
+
+
+def tree_pool(
+    x: torch.Tensor,
+    leaves: Any,
+    gates: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    *,
+    data_format: str = "channels_first",
+) -> torch.Tensor:
+    """Tree pooling: leaf filters ``v_m . x_R`` mixed by a binary tree of sigmoid gates (Lee et al., 2016).
+
+    See :func:`poolkit.ops.tree_pool`: ``leaves`` ``(L, [C,] *kernel_size)``,
+    ``gates`` ``(L - 1, [C,] *kernel_size)`` in heap order (node 0 the root,
+    children ``2k + 1`` and ``2k + 2``); ``f_k = s_k f_left + (1 - s_k) f_right``
+    with ``s_k = sigmoid(w_k . x_R)``. Padding and ceil-mode overhang count as 0.
+
+    Notes
+    -----
+    All ``2L - 1`` filter responses come from one tap loop (a custom
+    Function saving only the padded input and the filters); autograd then
+    keeps the ``2L - 1`` responses and ``L - 1`` gates, output-sized each.
+    float16/bfloat16 are computed in float32.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from poolkit.torch.functional import tree_pool1d
+    >>> x = torch.tensor([[[1.0, 3.0, 2.0, 0.0]]])
+    >>> leaves = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    >>> tree_pool1d(x, leaves, torch.zeros(1, 2), 2)
+    tensor([[[1.5000, 1.5000]]])
+    """
+    return _tree_pool(x, leaves, gates, kernel_size, stride, padding, ceil_mode, data_format=data_format)
+
+
+def _tree_pool(
+    x: torch.Tensor,
+    leaves: Any,
+    gates: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    *,
+    data_format: str = "channels_first",
+    ndim: int | None = None,
+    op: str = "tree_pool",
+) -> torch.Tensor:
+    nd = nd_of(op, x, ndim, kernel_size, stride)
+    p = prepare(x, op=op, nd=nd, data_format=data_format)
+    spec = window_spec(p.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
+    xc = compute_dtype(p.x)
+    c = xc.shape[1]
+    wl, fl = _filters(op, "leaves", leaves, spec.kernel_size, c, xc, "L")
+    wg, fg = _filters(op, "gates", gates, spec.kernel_size, c, xc, "L - 1")
+    _check_tree(op, fl, fg)
+    n_leaves = wl.shape[0]
+    cw = max(wl.shape[1], wg.shape[1])
+    k = wl.shape[2]
+    w = torch.cat([wg.expand(n_leaves - 1, cw, k), wl.expand(n_leaves, cw, k)])
+    f = list(_window_dots(pad_to_windows(xc, spec, 0.0), w, spec).unbind(0))
+    for node in reversed(range(n_leaves - 1)):  # bottom-up: children before parents
+        s, sc = _gate(f[node])
+        f[node] = s * f[2 * node + 1] + sc * f[2 * node + 2]
+    return p.to_user(f[0].to(p.dtype))
+
+
+# --------------------------------------------------------------------------- detail-preserving
+
+
+def dpp_pool(
+    x: torch.Tensor,
+    alpha: Any,
+    lam: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    *,
+    asymmetric: bool = False,
+    eps: float = 1e-3,
+    data_format: str = "channels_first",
+) -> torch.Tensor:
+    """Detail-preserving pooling (Saeedan et al., CVPR 2018); see :func:`poolkit.ops.dpp_pool`.
+
+    ``D = sum_q w_q I_q / sum_q w_q`` with ``w_q = alpha + rho(I_q - Itilde)``,
+    ``rho(d) = sqrt(d^2 + eps^2)^lam`` (``max(0, d)`` when ``asymmetric``)
+    and ``Itilde`` the window's plain average, over the taps inside the
+    input. ``alpha`` and ``lam`` (``>= 0``): floats, or tensors of shape
+    ``()`` or ``(C,)``, learnable.
+
+    Notes
+    -----
+    A custom autograd Function: forward and backward are tap loops in log
+    space, as in the NumPy reference (finite for any ``alpha``, ``lam`` and
+    ``eps``), saving the padded input and three output-sized tensors; the
+    backward is written in torch ops, so double backward works. The values
+    of ``alpha``/``lam`` tensors are not checked (that would wait for the
+    device): keep them finite and ``>= 0`` (a negative ``alpha`` gives NaN;
+    :class:`poolkit.torch.DPPPool2d` clamps at 0). float16/bfloat16 are
+    computed in float32.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from poolkit.torch.functional import dpp_pool1d
+    >>> x = torch.tensor([[[0.0, 0.0, 0.0, 3.0]]])
+    >>> dpp_pool1d(x, 1.0, 0.0, 4)
+    tensor([[[0.7500]]])
+    >>> dpp_pool1d(x, 0.0, 1.0, 4)
+    tensor([[[1.5000]]])
+    """
+    return _dpp_pool(
+        x,
+        alpha,
+        lam,
+        kernel_size,
+        stride,
+        padding,
+        ceil_mode,
+        asymmetric=asymmetric,
+        eps=eps,
+        data_format=data_format,
+    )
+
+
+def _dpp_param(op: str, name: str, value: Any, c: int, like: torch.Tensor) -> torch.Tensor:
+    """``alpha``/``lam`` as ``(1, 1 or C, 1, ...)`` in ``like``'s dtype; the NumPy reference's checks
+    (values only for floats and arrays: a tensor's stay on its device)."""
+    if isinstance(value, torch.Tensor):
+        _real_tensor(op, name, value)
+        if tuple(value.shape) not in ((), (c,)):
+            raise PoolingInputError(
+                f"{op}: {name} must be a scalar (one per layer) or shaped (C,) = ({c},) (one per "
+                f"channel), got shape {tuple(value.shape)}."
+            )
+        t = param_tensor(value, like)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not (math.isfinite(value) and value >= 0):
+            raise PoolingConfigError(
+                f"{op}: {name} must be finite and >= 0, got {value!r}. Keep it in range, e.g. with "
+                f"{name}.clamp(min=0) after each update."
+            )
+        t = torch.full((), float(value), dtype=like.dtype, device=like.device)
+    else:
+        a = _check_dpp_param(op, name, value, c, np.float64).value
+        t = torch.as_tensor(a, dtype=like.dtype, device=like.device)
+    return t.reshape(1, -1, *[1] * (like.dim() - 2))
+
+
+class _Geometry:
+    """Per-call constants of the DPP tap loops: which windows hold each tap, 1 / taps per window,
+    and the range limits of ``d^2`` and ``eps^2``."""
+
+    def __init__(self, spec: WindowSpec, like: torch.Tensor, eps: float, asym: bool) -> None:
+        self.spec, self.asym = spec, asym
+        dev = like.device
+        # Tap k of output o reads input o * stride + k - pad_lo: inside the input, or padding.
+        inside = [
+            [[0 <= o * ax.stride + k - ax.pad_lo < ax.size for o in range(ax.out)] for k in range(ax.kernel)]
+            for ax in spec.axes
+        ]
+        per_axis: list[list[torch.Tensor | None]] = []
+        counts = torch.ones(spec.output_size, dtype=like.dtype, device=dev)
+        for j, ax in enumerate(spec.axes):
+            shape = [1] * spec.ndim
+            shape[j] = ax.out
+            per_axis.append(
+                [
+                    None if all(ok) else torch.tensor(ok, dtype=like.dtype, device=dev).reshape(1, 1, *shape)
+                    for ok in inside[j]
+                ]
+            )
+            count = [sum(inside[j][k][o] for k in range(ax.kernel)) for o in range(ax.out)]
+            counts = counts * torch.tensor(count, dtype=like.dtype, device=dev).reshape(shape)
+        self.valid: list[torch.Tensor | None] = []  # per tap, row-major; None: every window holds it
+        for k in itertools.product(*(range(ax.kernel) for ax in spec.axes)):
+            m = None
+            for j, kj in enumerate(k):
+                mj = per_axis[j][kj]
+                if mj is not None:
+                    m = mj if m is None else m * mj
+            self.valid.append(m)
+        self.inv = (1.0 / counts).reshape(1, 1, *spec.output_size)  # 1 / taps inside the input
+        info = torch.finfo(like.dtype)
+        self.big = float(info.max) / 4
+        self.eps2 = min(max(eps * eps, float(info.tiny)), self.big)
+
+    def deviation(self, v: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``d = I - Itilde`` (``max(0, .)`` when asymmetric) and ``q = min(d^2, big) + eps^2``."""
+        d = v - m
+        if self.asym:
+            d = d.clamp(min=0)
+        return d, (d * d).clamp(max=self.big) + self.eps2
+
+
+def _cap(e: torch.Tensor) -> torch.Tensor:
+    """A tap's log weight, capped at 0 where it lies in padding (masked out afterwards; its exponent
+    is not bounded by the window's largest weight and could overflow). A select, not a clamp: the
+    window's largest tap sits exactly at 0 and must keep its derivative."""
+    return torch.where(e > 0, torch.zeros_like(e), e)
+
+
+def _dpp_core(
+    xp: torch.Tensor, la: torch.Tensor, hl: torch.Tensor, geo: _Geometry, lmax: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``D``, the log of each window's largest weight (given, or the max over its taps), the sum of
+    the weights divided by it, and the tap views. ``la = log(alpha)``, ``hl = lam / 2``."""
+    spec = geo.spec
+    views = [v for _, v in tap_views(xp, spec)]
+    m = torch.zeros((*xp.shape[:2], *spec.output_size), dtype=xp.dtype, device=xp.device)
+    for v in views:
+        m = m + v  # padding is 0: the sum of the taps inside the input
+    m = m * geo.inv
+    if lmax is None:
+        # rho grows with d^2 (with max(0, d)^2 when asymmetric) as lam >= 0: the largest weight
+        qmax = torch.zeros_like(m)
+        for v, ok in zip(views, geo.valid):
+            q = geo.deviation(v, m)[1]
+            qmax = torch.maximum(qmax, q if ok is None else q * ok)
+        lmax = torch.maximum(torch.log(qmax) * hl, la)
+    ea = torch.exp(la - lmax)  # alpha / the largest weight
+    s = torch.zeros_like(m)
+    y = torch.zeros_like(m)
+    for v, ok in zip(views, geo.valid):
+        q = geo.deviation(v, m)[1]
+        e = torch.log(q) * hl - lmax  # <= 0 at taps inside the input
+        if ok is None:
+            w = torch.exp(e) + ea  # (alpha + rho) / the largest weight
+        else:
+            w = (torch.exp(_cap(e)) + ea) * ok
+        s = s + w
+        y = y + w * v
+    return y / s, lmax, s
+
+
+def _reduce_param(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-element parameter gradient summed over batch and space (and channels when shared)."""
+    out = g.sum(dim=(0, *range(2, g.dim())), keepdim=True)
+    return out.sum(dim=1, keepdim=True) if like.shape[1] == 1 else out
+
+
+def _dpp_vjp(
+    xp: torch.Tensor,
+    alpha: torch.Tensor,
+    lam: torch.Tensor,
+    g: torch.Tensor,
+    lmax: torch.Tensor,
+    s: torch.Tensor,
+    y: torch.Tensor,
+    geo: _Geometry,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The NumPy reference's backward in torch ops (scaled by the largest weight throughout)."""
+    spec = geo.spec
+    hl = lam / 2
+    views = [v for _, v in tap_views(xp, spec)]
+    m = torch.zeros_like(g)
+    for v in views:
+        m = m + v
+    m = m * geo.inv
+    gs = g / s
+    ea = torch.exp(torch.log(alpha) - lmax)
+    gm = torch.zeros_like(g)  # the gradient reaching Itilde
+    gl = torch.zeros_like(g)
+    buf = tap_buffer(xp, spec)
+    for v, ok, (_, gv) in zip(views, geo.valid, tap_views(buf, spec)):
+        d, q = geo.deviation(v, m)
+        h = torch.log(q)  # 2 log sqrt(d^2 + eps^2)
+        e = h * hl - lmax
+        r = torch.exp(e) if ok is None else torch.exp(_cap(e)) * ok  # rho / the largest weight
+        w = r + (ea if ok is None else ea * ok)
+        beta = (v - y) * gs * r  # beta_q rho_q (scaled)
+        gl = gl + h * beta
+        dd = d / q * lam * beta  # beta_q rho'(d_q) = beta_q rho_q lam d / (d^2 + eps^2)
+        gv.add_(w * gs + dd)  # g w_q / S (I[q] as the weighted value) and rho's own term
+        gm = gm - dd
+    gm = gm * geo.inv
+    for ok, (_, gv) in zip(geo.valid, tap_views(buf, spec)):
+        gv.add_(gm if ok is None else gm * ok)
+    # dD/dalpha = sum_q (I[q] - D) / S = count (Itilde - D) / S, S unscaled
+    ga = (m - y) * gs / geo.inv * torch.exp(-lmax)
+    return buf, _reduce_param(ga, alpha), _reduce_param(gl, lam) / 2
+
+
+class _DPP(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, xp: torch.Tensor, alpha: torch.Tensor, lam: torch.Tensor, geo: _Geometry
+    ) -> torch.Tensor:
+        y, lmax, s = _dpp_core(xp, torch.log(alpha), lam / 2, geo)
+        ctx.geo = geo
+        ctx.save_for_backward(xp, alpha, lam, lmax, s, y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        xp, alpha, lam, lmax, s, y = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # double backward: D and S as functions of the inputs; every formula is exact for
+            # any fixed scale, so the largest weight stays a constant
+            y, _, s = _dpp_core(xp, torch.log(alpha), lam / 2, ctx.geo, lmax.detach())
+        gx, ga, gl = _dpp_vjp(xp, alpha, lam, g, lmax, s, y, ctx.geo)
+        return gx, ga, gl, None
+
+
+def _dpp_pool(
+    x: torch.Tensor,
+    alpha: Any,
+    lam: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    *,
+    asymmetric: bool = False,
+    eps: float = 1e-3,
+    data_format: str = "channels_first",
+    ndim: int | None = None,
+    op: str = "dpp_pool",
+) -> torch.Tensor:
+    nd = nd_of(op, x, ndim, kernel_size, stride)
+    p = prepare(x, op=op, nd=nd, data_format=data_format)
+    spec = window_spec(p.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
+    asym = check_bool(op, "asymmetric", asymmetric)
+    eps = check_real(op, "eps", eps, low=0.0, low_inclusive=False)
+    xc = compute_dtype(p.x)
+    c = xc.shape[1]
+    a = _dpp_param(op, "alpha", alpha, c, xc)
+    lm = _dpp_param(op, "lam", lam, c, xc)
+    geo = _Geometry(spec, xc, eps, asym)
+    xp = pad_to_windows(xc, spec, 0.0)
+    if _needs_grad(xp, a, lm):
+        y = _DPP.apply(xp, a, lm, geo)
+    else:
+        y = _dpp_core(xp, torch.log(a), lm / 2, geo)[0]
+    return p.to_user(y.to(p.dtype))
+
+
+_a = aliases(gated_pool, _gated_pool, (1, 2, 3))
+gated_pool1d, gated_pool2d, gated_pool3d = (_a[f"gated_pool{i}d"] for i in (1, 2, 3))
+_a = aliases(tree_pool, _tree_pool, (1, 2, 3))
+tree_pool1d, tree_pool2d, tree_pool3d = (_a[f"tree_pool{i}d"] for i in (1, 2, 3))
+_a = aliases(dpp_pool, _dpp_pool, (1, 2, 3))
+dpp_pool1d, dpp_pool2d, dpp_pool3d = (_a[f"dpp_pool{i}d"] for i in (1, 2, 3))

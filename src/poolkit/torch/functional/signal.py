@@ -1,0 +1,499 @@
+"""Blur, max-blur, spectral, wavelet and median pooling in torch: pooling as signal processing.
+
+Semantics are the NumPy reference's (:mod:`poolkit.ops.blur`, ``spectral``,
+``wavelet``, ``median``). The linear operators (blur, spectral, wavelet)
+are written in differentiable torch ops whose autograd is their exact
+adjoint (and double backward is free); median pooling is a custom
+``torch.autograd.Function`` that saves only the position of each window's
+median. float16 and bfloat16 inputs are computed in float32 (median pooling:
+in their own dtype, exactly) and returned in the input dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..._validate import check_choice, int_tuple
+from ...errors import PoolingConfigError, PoolingInputError
+from ...geometry import AxisWindow, WindowSpec, adaptive_output_size, window_spec
+from ...ops.blur import MAX_FILT, PAD_MODES, binomial_filter
+from ...ops.wavelet import WAVELETS
+from .._core import aliases, nd_of, pad_pairs, pad_to_windows, prepare, tap_views
+from .classic import _max_pool
+from .smooth import TapAdjoint, compute_dtype, needs_grad, tap_counts, taps
+
+__all__ = [
+    "blur_pool",
+    "blur_pool1d",
+    "blur_pool2d",
+    "blur_pool3d",
+    "max_blur_pool",
+    "max_blur_pool1d",
+    "max_blur_pool2d",
+    "max_blur_pool3d",
+    "spectral_pool",
+    "spectral_pool1d",
+    "spectral_pool2d",
+    "spectral_pool3d",
+    "wavelet_pool",
+    "wavelet_pool1d",
+    "wavelet_pool2d",
+    "wavelet_pool3d",
+    "median_pool",
+    "median_pool1d",
+    "median_pool2d",
+    "median_pool3d",
+]
+
+
+# --------------------------------------------------------------------------- blur
+
+
+def blur_plan(
+    op: str, spatial: Sequence[int], filt_size: Any, stride: Any, pad_mode: Any, padding: Any
+) -> tuple[str, WindowSpec, tuple[tuple[float, ...], ...]]:
+    """The checks and geometry of :func:`poolkit.ops.blur_pool`: pad mode, windows, binomial weights."""
+    nd = len(spatial)
+    mode = check_choice(op, "pad_mode", pad_mode, PAD_MODES)
+    filt = int_tuple(op, "filt_size", filt_size, nd, 1)
+    for f in filt:
+        if f > MAX_FILT:
+            raise PoolingConfigError(
+                f"{op}: filt_size must be between 1 and {MAX_FILT} (the binomial filters of "
+                f"antialiased-cnns), got {f}. Pass filt_size=3, 5 or 7."
+            )
+    if isinstance(padding, str) and padding not in ("antialiased", "same", "valid"):
+        raise PoolingConfigError(
+            f"{op}: padding must be 'antialiased' (or None), an int, one int or (lo, hi) pair per "
+            f"axis, 'same' or 'valid', got {padding!r}."
+        )
+    if padding is None or padding == "antialiased":
+        padding = tuple(((f - 1) // 2, f // 2) for f in filt)
+    spec = window_spec(spatial, filt, stride, padding, 1, False, op=op)
+    weights = tuple(tuple(float(v) for v in binomial_filter(f)) for f in filt)
+    return mode, spec, weights
+
+
+def _source(m: int, n: int, mode: str) -> int:
+    """Input sample that padded position ``m`` (outside ``[0, n)``) copies: ``numpy.pad``'s rule."""
+    if mode == "replicate" or n == 1:
+        return min(max(m, 0), n - 1)
+    period = 2 * (n - 1)  # reflection repeated as often as the padding needs
+    r = m % period
+    return r if r < n else period - r
+
+
+def _pad_axis(a: torch.Tensor, axis: int, ax: AxisWindow, mode: str) -> torch.Tensor:
+    """``a`` padded along ``axis``: zeros, or copies of the samples ``_source`` names (no scatter in backward)."""
+    lo, hi, n = ax.pad_lo, ax.pad_hi, ax.size
+    if lo == 0 and hi == 0:
+        return a
+    if mode == "constant":
+        pads = [0, 0] * (a.dim() - 1 - axis) + [lo, hi]
+        return torch.nn.functional.pad(a, pads)
+    pieces = [a.narrow(axis, _source(q, n, mode), 1) for q in range(-lo, 0)]
+    pieces.append(a)
+    pieces += [a.narrow(axis, _source(q, n, mode), 1) for q in range(n, n + hi)]
+    return torch.cat(pieces, dim=axis)
+
+
+def _weighted_pass(a: torch.Tensor, axis: int, ax: AxisWindow, w: tuple[float, ...]) -> torch.Tensor:
+    """``y[o] = sum_k w[k] a[o * stride + k]`` along ``axis`` of an already padded ``a``."""
+    y = None
+    for k, wk in enumerate(w):
+        v = a.narrow(axis, k, (ax.out - 1) * ax.stride + 1)
+        if ax.stride > 1:
+            idx: list[Any] = [slice(None)] * a.dim()
+            idx[axis] = slice(None, None, ax.stride)
+            v = v[tuple(idx)]
+        y = v * wk if y is None else y + v * wk
+    assert y is not None
+    return y
+
+
+def _blur(
+    x: torch.Tensor, mode: str, spec: WindowSpec, weights: tuple[tuple[float, ...], ...]
+) -> torch.Tensor:
+    for j in reversed(range(spec.ndim)):
+        ax = spec.axes[j]
+        x = _weighted_pass(_pad_axis(x, 2 + j, ax, mode), 2 + j, ax, weights[j])
+    return x
+
+
+def blur_pool(
+    x: torch.Tensor,
+    filt_size: Any = 3,
+    stride: Any = 2,
+    pad_mode: str = "reflect",
+    *,
+    padding: Any = "antialiased",
+    data_format: str = "channels_first",
+) -> torch.Tensor:
+    """BlurPool: a binomial low-pass filter, depthwise, with a stride (Zhang, ICML 2019).
+
+    See :func:`poolkit.ops.blur_pool` for the filter, the padding modes
+    (antialiased-cnns' ``"reflect"`` by default, kornia's ``"constant"``)
+    and the reflection rule on maps smaller than the padding (repeated, as
+    ``numpy.pad``; PyTorch's reflection raises there). The filter is
+    separable: one weighted pass per axis over strided views, no
+    kernel-volume copy; padding copies samples with ``cat``, so the backward
+    pass has no scatter and is deterministic.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from poolkit.torch.functional import blur_pool1d
+    >>> blur_pool1d(torch.tensor([[[1.0, 2, 3, 4, 5, 6, 7]]]))
+    tensor([[[1.5000, 3.0000, 5.0000, 6.5000]]])
+    """
+    return _blur_pool(x, filt_size, stride, pad_mode, padding=padding, data_format=data_format)
+
+
+def _blur_pool(
+    x: torch.Tensor,
+    filt_size: Any = 3,
+    stride: Any = 2,
+    pad_mode: str = "reflect",
+    *,
+    padding: Any = "antialiased",
+    data_format: str = "channels_first",
+    ndim: int | None = None,
+    op: str = "blur_pool",
+) -> torch.Tensor:
+    nd = nd_of(op, x, ndim, filt_size, stride)
+    pr = prepare(x, op=op, nd=nd, data_format=data_format)
+    mode, spec, weights = blur_plan(op, pr.spatial, filt_size, stride, pad_mode, padding)
+    return pr.to_user(_blur(compute_dtype(pr.x), mode, spec, weights).to(pr.dtype))
+
+
+def max_blur_pool(
+    x: torch.Tensor,
+    kernel_size: Any = 2,
+    filt_size: Any = 3,
+    stride: Any = 2,
+    pad_mode: str = "reflect",
+    *,
+    ceil_mode: bool = False,
+    padding: Any = "antialiased",
+    data_format: str = "channels_first",
+) -> torch.Tensor:
+    """MaxBlurPool: max pooling with stride 1, then :func:`blur_pool` (Zhang, ICML 2019).
+
+    ``kernel_size`` is the max-pooling window (antialiased-cnns'
+    ``MaxPool2d(kernel_size, stride=1)``, kornia's ``max_pool_size``),
+    ``filt_size`` and ``stride`` the blur's (kornia's ``kernel_size`` and
+    ``stride``). See :func:`poolkit.ops.max_blur_pool`; the max pooling is
+    PyTorch's (gradient to each window's first maximum, NaN wins).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from poolkit.torch.functional import max_blur_pool2d
+    >>> max_blur_pool2d(torch.eye(5)[None, None], 2, 3, pad_mode="constant")  # kornia's doc example
+    tensor([[[[0.5625, 0.3125],
+              [0.3125, 0.8750]]]])
+    """
+    return _max_blur_pool(
+        x,
+        kernel_size,
+        filt_size,
+        stride,
+        pad_mode,
+        ceil_mode=ceil_mode,
+        padding=padding,
+        data_format=data_format,
+    )
+
+
+def _max_blur_pool(
+    x: torch.Tensor,
+    kernel_size: Any = 2,
+    filt_size: Any = 3,
+    stride: Any = 2,
+    pad_mode: str = "reflect",
+    *,
+    ceil_mode: bool = False,
+    padding: Any = "antialiased",
+    data_format: str = "channels_first",
+    ndim: int | None = None,
+    op: str = "max_blur_pool",
+) -> torch.Tensor:
+    nd = nd_of(op, x, ndim, kernel_size, filt_size, stride)
+    pr = prepare(x, op=op, nd=nd, data_format=data_format)
+    m = _max_pool(pr.x, kernel_size, 1, 0, 1, ceil_mode, ndim=nd, op=op)
+    mode, spec, weights = blur_plan(
+        op, tuple(int(n) for n in m.shape[2:]), filt_size, stride, pad_mode, padding
+    )
+    return pr.to_user(_blur(compute_dtype(m), mode, spec, weights).to(pr.dtype))
+
+
+# --------------------------------------------------------------------------- spectral
+
+
+def _resize_axis(a: torch.Tensor, axis: int, m: int) -> torch.Tensor:
+    """``irfft_m(crop(rfft_n(a)))`` along ``axis``: the ``m // 2 + 1`` lowest non-negative frequencies kept.
+
+    ``irfft`` reads only the real part of an even ``m``'s Nyquist coefficient,
+    the average of ``X[+m/2]`` and ``X[-m/2]``; autograd through the pair is
+    the adjoint, spectral zero-padding with that coefficient split.
+    """
+    spec = torch.fft.rfft(a, dim=axis).narrow(axis, 0, m // 2 + 1)
+    return torch.fft.irfft(spec, n=m, dim=axis)
+
+
+def spectral_pool(x: torch.Tensor, output_size: Any, *, data_format: str = "channels_first") -> torch.Tensor:
+    """Spectral pooling: keep the centred low frequencies of the DFT (Rippel, Snoek, Adams, NeurIPS 2015).
+
+    See :func:`poolkit.ops.spectral_pool` for the crop, the Nyquist rule
+    (an even output's Nyquist coefficient is the average of ``+-m/2``, so
+    the result is real) and the ``m/n`` scale (a constant stays the same
+    constant).
+
+    Each pooled axis is ``torch.fft.irfft(rfft(x)[:m // 2 + 1], n=m)``;
+    autograd through the pair is the exact adjoint (the gradient's spectrum
+    zero-padded), and double backward is free (the operator is linear).
+    A NaN or inf in a line along a pooled axis makes the whole output line
+    non-finite.
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> from poolkit.torch.functional import spectral_pool1d
+    >>> t = torch.arange(8.0, dtype=torch.float64)
+    >>> spectral_pool1d(torch.cos(2 * math.pi * t / 8)[None, None], 4).round(decimals=12) + 0.0
+    tensor([[[ 1.,  0., -1.,  0.]]], dtype=torch.float64)
+    """
+    return _spectral_pool(x, output_size, data_format=data_format)
+
+
+def _spectral_pool(
+    x: torch.Tensor,
+    output_size: Any,
+    *,
+    data_format: str = "channels_first",
+    ndim: int | None = None,
+    op: str = "spectral_pool",
+) -> torch.Tensor:
+    nd = nd_of(op, x, ndim, output_size)
+    pr = prepare(x, op=op, nd=nd, data_format=data_format)
+    sizes = adaptive_output_size(op, pr.spatial, output_size)
+    for axis, (n, m) in enumerate(zip(pr.spatial, sizes)):
+        if m > n:
+            raise PoolingInputError(
+                f"{op}: output_size {sizes} is larger than the input {pr.spatial} on spatial axis "
+                f"{axis} ({m} > {n}); spectral pooling only drops frequencies. Use output_size <= "
+                f"the input size on every axis (None keeps an axis)."
+            )
+    y = compute_dtype(pr.x)
+    axes = [j for j in reversed(range(nd)) if pr.spatial[j] != sizes[j]]  # m == n: the identity, exactly
+    for j in axes:
+        # an empty batch has nothing to transform (and MKL's FFT refuses it): keep the shape only
+        y = y.narrow(2 + j, 0, sizes[j]) if y.numel() == 0 else _resize_axis(y, 2 + j, sizes[j])
+    scale = 1.0
+    for n, m in zip(pr.spatial, sizes):
+        scale *= m / n
+    if axes:
+        y = y * scale
+    return pr.to_user(y.to(pr.dtype))
+
+
+# --------------------------------------------------------------------------- wavelet
+
+_AVG = {
+    1: torch.nn.functional.avg_pool1d,
+    2: torch.nn.functional.avg_pool2d,
+    3: torch.nn.functional.avg_pool3d,
+}
+
+
+def wavelet_pool(
+    x: torch.Tensor, *, wavelet: str = "haar", data_format: str = "channels_first"
+) -> torch.Tensor:
+    """Wavelet pooling: the second-level Haar reconstruction at half resolution (Williams & Li, ICLR 2018).
+
+    See :func:`poolkit.ops.wavelet_pool`: with a perfect-reconstruction
+    wavelet the paper's two-level route returns the first-level
+    approximation, ``(x[2o] + x[2o + 1]) / sqrt(2)`` per axis, so the
+    operator is ``2^(d/2) * avg_pool(x, 2)``; an odd axis is extended by
+    repeating its last sample (PyWavelets' ``"symmetric"`` mode), giving
+    ``ceil(n / 2)`` outputs. The gradient is the exact adjoint.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from poolkit.torch.functional import wavelet_pool2d
+    >>> wavelet_pool2d(torch.arange(16.0).reshape(1, 1, 4, 4))
+    tensor([[[[ 5.,  9.],
+              [21., 25.]]]])
+    """
+    return _wavelet_pool(x, wavelet=wavelet, data_format=data_format)
+
+
+def _wavelet_pool(
+    x: torch.Tensor,
+    *,
+    wavelet: str = "haar",
+    data_format: str = "channels_first",
+    ndim: int | None = None,
+    op: str = "wavelet_pool",
+) -> torch.Tensor:
+    check_choice(op, "wavelet", wavelet, WAVELETS)
+    nd = nd_of(op, x, ndim)
+    pr = prepare(x, op=op, nd=nd, data_format=data_format)
+    window_spec(pr.spatial, 2, 2, 0, 1, True, op=op)  # the reference's geometry and its input checks
+    y = compute_dtype(pr.x)
+    for j, n in enumerate(pr.spatial):
+        if n % 2:  # half-sample symmetric extension: the last sample once more
+            y = torch.cat([y, y.narrow(2 + j, n - 1, 1)], dim=2 + j)
+    y = _AVG[nd](y, 2, 2) * (2.0 ** (nd / 2))
+    return pr.to_user(y.to(pr.dtype))
+
+
+# --------------------------------------------------------------------------- median
+
+# Stacked taps of one chunk of windows: at most about this many bytes.
+_STACK_BYTES = 16 << 20
+
+
+def _median_rows(
+    views: list[torch.Tensor],
+    valid: list[torch.Tensor] | None,
+    rank: torch.Tensor | None,
+    r0: int,
+    r1: int,
+    need_arg: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Medians (and the first tap holding each) of output rows ``[r0, r1)`` of the first spatial axis."""
+    stack = torch.stack([v[:, :, r0:r1] for v in views], dim=-1)
+    srt = stack.sort(dim=-1).values  # missing taps are +inf; NaN sorts after +inf
+    if rank is None:
+        med = srt[..., (len(views) - 1) // 2]
+    else:
+        rk = rank[:, :, r0:r1].unsqueeze(-1).expand(*srt.shape[:-1], 1)
+        med = srt.gather(-1, rk).squeeze(-1)
+    last = srt[..., -1]
+    med = torch.where(torch.isnan(last), last, med)  # a window holding a NaN gives NaN
+    if not need_arg:
+        return med, None
+    eq = (stack == med.unsqueeze(-1)) | (torch.isnan(stack) & torch.isnan(med).unsqueeze(-1))
+    if valid is not None:
+        eq = eq & torch.stack([v[:, :, r0:r1] for v in valid], dim=-1)
+    return med, eq.to(torch.uint8).argmax(dim=-1)  # argmax: the first tap in row-major window order
+
+
+def _median_forward(
+    x: torch.Tensor, spec: WindowSpec, need_arg: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    xp = pad_to_windows(x, spec, float("inf"))
+    views = [v for _, v in tap_views(xp, spec)]
+    kernel = len(views)
+    valid = rank = None
+    if any(pad_pairs(spec)):  # border windows have fewer taps: rank (c - 1) // 2 of their c taps
+        ones = torch.ones((1, 1, *spec.input_size), dtype=torch.bool, device=x.device)
+        valid = [v for _, v in tap_views(pad_to_windows(ones, spec, False), spec)]
+        rank = (tap_counts(spec, torch.empty((), dtype=torch.int64, device=x.device)) - 1) // 2
+    out = spec.output_size
+    per_row = int(x.shape[0]) * int(x.shape[1]) * math.prod(out[1:]) * kernel * x.element_size()
+    step = max(1, _STACK_BYTES // max(per_row, 1))
+    ys, args = [], []
+    for r0 in range(0, out[0], step):
+        y, a = _median_rows(views, valid, rank, r0, min(r0 + step, out[0]), need_arg)
+        ys.append(y)
+        if a is not None:
+            args.append(a.to(torch.uint8 if kernel <= 256 else torch.int32))
+    y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
+    if not need_arg:
+        return y, None
+    return y, args[0] if len(args) == 1 else torch.cat(args, dim=2)
+
+
+def _median_grad(g: torch.Tensor, arg: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+    acc = TapAdjoint(spec, g)
+    for k, (idx, _) in enumerate(taps(spec)):
+        acc.add(idx, g * (arg == k))
+    return acc.result()
+
+
+class _MedianFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+        y, arg = _median_forward(x, spec, True)
+        ctx.spec = spec
+        ctx.save_for_backward(arg)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> Any:
+        (arg,) = ctx.saved_tensors
+        return _median_grad(g, arg, ctx.spec), None
+
+
+def median_pool(
+    x: torch.Tensor,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    *,
+    data_format: str = "channels_first",
+) -> torch.Tensor:
+    """Median pooling: the lower median of each window's taps inside the input.
+
+    See :func:`poolkit.ops.median_pool`: with ``c`` taps inside the input the
+    ``(c - 1) // 2``-th smallest (``torch.median``'s rule); padding and
+    overhang are not taps. The gradient goes to the first tap (row-major
+    window order) holding the median; a window holding a NaN gives NaN and
+    its gradient goes to its first NaN.
+
+    The taps of a chunk of windows are stacked (at most about 16 MiB at a
+    time) and sorted; the input is never copied ``kernel_size`` times. The
+    backward pass saves one small integer per output (the median's tap) and
+    sums the gradient back with strided slice-adds (deterministic). There is
+    no second derivative (the double backward is the linear map of the
+    gradient, and 0 for ``x``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from poolkit.torch.functional import median_pool1d
+    >>> median_pool1d(torch.tensor([[[3.0, 1.0, 2.0, 9.0, 4.0, 0.0]]]), 3)
+    tensor([[[2., 4.]]])
+    """
+    return _median_pool(x, kernel_size, stride, padding, ceil_mode, data_format=data_format)
+
+
+def _median_pool(
+    x: torch.Tensor,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    *,
+    data_format: str = "channels_first",
+    ndim: int | None = None,
+    op: str = "median_pool",
+) -> torch.Tensor:
+    nd = nd_of(op, x, ndim, kernel_size, stride)
+    pr = prepare(x, op=op, nd=nd, data_format=data_format)
+    spec = window_spec(pr.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
+    if needs_grad(pr.x):
+        y = _MedianFunction.apply(pr.x, spec)
+    else:
+        y = _median_forward(pr.x, spec, False)[0]
+    return pr.to_user(y)
+
+
+_a = aliases(blur_pool, _blur_pool, (1, 2, 3))
+blur_pool1d, blur_pool2d, blur_pool3d = (_a[f"blur_pool{i}d"] for i in (1, 2, 3))
+_a = aliases(max_blur_pool, _max_blur_pool, (1, 2, 3))
+max_blur_pool1d, max_blur_pool2d, max_blur_pool3d = (_a[f"max_blur_pool{i}d"] for i in (1, 2, 3))
+_a = aliases(spectral_pool, _spectral_pool, (1, 2, 3))
+spectral_pool1d, spectral_pool2d, spectral_pool3d = (_a[f"spectral_pool{i}d"] for i in (1, 2, 3))
+_a = aliases(wavelet_pool, _wavelet_pool, (1, 2, 3))
+wavelet_pool1d, wavelet_pool2d, wavelet_pool3d = (_a[f"wavelet_pool{i}d"] for i in (1, 2, 3))
+_a = aliases(median_pool, _median_pool, (1, 2, 3))
+median_pool1d, median_pool2d, median_pool3d = (_a[f"median_pool{i}d"] for i in (1, 2, 3))

@@ -1,0 +1,719 @@
+"""GeM, LSE, SoftPool and LIP pooling in torch: smooth, weighted relatives of max and average pooling.
+
+Semantics are the NumPy reference's (:mod:`poolkit.ops.gem`, ``lse``, ``soft``,
+``lip``), including their rules for +-1e4, NaN, inf and degenerate windows.
+Each operator is a custom ``torch.autograd.Function`` when a gradient is
+needed: it saves only its inputs and output-sized statistics (the window
+maximum and the softmax denominator), where plain autograd through a loop
+over the window's taps would keep every tap's weights, a kernel-volume of
+memory. The backward passes are written in differentiable torch ops, so
+double backward works. Without a gradient (inference, ``torch.compile``,
+``torch.export``, ONNX) the same forward runs as plain torch ops.
+
+float16 and bfloat16 inputs are computed in float32 on every device (the
+weights are exponentials and powers) and returned in the input dtype.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..._validate import check_bool, check_real
+from ...errors import PoolingConfigError, PoolingInputError
+from ...geometry import WindowSpec, window_spec
+from ...ops._input import float_dtype_error, infer_ndim
+from ...ops._params import channel_param
+from ...ops.gem import _P_HINT
+from ...ops.lse import _R_HINT
+from .._core import aliases, nd_of, pad_pairs, pad_to_windows, prepare, tap_views, window_sum
+
+__all__ = [
+    "gem_pool",
+    "gem_pool1d",
+    "gem_pool2d",
+    "gem_pool3d",
+    "global_gem_pool",
+    "lse_pool",
+    "lse_pool1d",
+    "lse_pool2d",
+    "lse_pool3d",
+    "soft_pool",
+    "soft_pool1d",
+    "soft_pool2d",
+    "soft_pool3d",
+    "lip_pool",
+    "lip_pool1d",
+    "lip_pool2d",
+    "lip_pool3d",
+]
+
+_MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_INF = float("inf")
+
+
+# --------------------------------------------------------------------------- shared tap machinery
+
+
+def compute_dtype(x: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 -> float32 (exponentials and powers lose too much in half precision)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def needs_grad(*tensors: Any) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def crop_output(y: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+    if tuple(y.shape[2:]) == spec.output_size:
+        return y
+    return y[(slice(None), slice(None), *(slice(0, o) for o in spec.output_size))]
+
+
+def window_max(x: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+    """Maximum over each window's taps inside the input (padding is -inf); NaN propagates."""
+    xp = pad_to_windows(x, spec, -_INF)
+    return crop_output(_MAX[spec.ndim](xp, spec.kernel_size, spec.stride), spec)
+
+
+def tap_bias(spec: WindowSpec, like: torch.Tensor) -> torch.Tensor | None:
+    """``(1, 1, *padded)``: 0 inside the input, -inf in padding and overhang (None without either).
+
+    Added to an exponent it gives padding taps a weight of exactly 0 without
+    a per-tap mask, whatever the padded value and the window maximum are.
+    """
+    if not any(pad_pairs(spec)):
+        return None
+    zeros = torch.zeros((1, 1, *spec.input_size), dtype=like.dtype, device=like.device)
+    return pad_to_windows(zeros, spec, -_INF)
+
+
+def taps(
+    spec: WindowSpec, *padded: torch.Tensor | None
+) -> Iterator[tuple[tuple[slice, ...], tuple[torch.Tensor | None, ...]]]:
+    """For each kernel offset: its index into a padded tensor and the strided view of each of ``padded``."""
+    views = [tap_views(t, spec) if t is not None else itertools.repeat((None, None)) for t in padded]
+    for k in itertools.product(*(range(ax.kernel) for ax in spec.axes)):
+        idx: list[slice] = [slice(None), slice(None)]
+        for a, ax in enumerate(spec.axes):
+            start = k[a] * ax.dilation
+            idx.append(slice(start, start + (ax.out - 1) * ax.stride + 1, ax.stride))
+        yield tuple(idx), tuple(next(v)[1] for v in views)  # type: ignore[call-overload]
+
+
+class TapAdjoint:
+    """The adjoint of :func:`taps`: output-shaped contributions summed into an input-shaped gradient.
+
+    Slice-adds into a padded buffer (deterministic: no scatter with repeated
+    targets), then the padding is cropped. Differentiable, for double backward.
+    ``like`` gives the batch and channel sizes, the dtype and the device.
+    """
+
+    def __init__(self, spec: WindowSpec, like: torch.Tensor) -> None:
+        self.spec = spec
+        padded = tuple(ax.size + ax.pad_lo + ax.pad_hi + ax.overhang for ax in spec.axes)
+        self.buf = torch.zeros((*like.shape[:2], *padded), dtype=like.dtype, device=like.device)
+
+    def add(self, idx: tuple[slice, ...], value: torch.Tensor) -> None:
+        self.buf[idx].add_(value)
+
+    def result(self) -> torch.Tensor:
+        crop = tuple(slice(ax.pad_lo, ax.pad_lo + ax.size) for ax in self.spec.axes)
+        return self.buf[(slice(None), slice(None), *crop)]
+
+
+def tap_counts(spec: WindowSpec, like: torch.Tensor) -> torch.Tensor:
+    """Taps inside the input per window, ``(1, 1, *out)`` in ``like``'s dtype (never 0).
+
+    :func:`poolkit.torch._core.divisor` in plain Python: ``torch.compile``
+    cannot trace the geometry's cached properties (their lock, Python 3.11).
+    """
+    total = None
+    for a, ax in enumerate(spec.axes):
+        counts = [
+            sum(1 for k in range(ax.kernel) if 0 <= o * ax.stride - ax.pad_lo + k * ax.dilation < ax.size)
+            for o in range(ax.out)
+        ]
+        shape = [1] * (2 + spec.ndim)
+        shape[2 + a] = ax.out
+        t = torch.tensor([max(c, 1) for c in counts], dtype=like.dtype, device=like.device).reshape(shape)
+        total = t if total is None else total * t
+    assert total is not None
+    return total
+
+
+def _finite(t: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _channel_param(op: str, name: str, value: Any, x: torch.Tensor, nd: int, hint: str) -> torch.Tensor:
+    """A learnable scalar-or-per-channel argument as a tensor broadcasting against ``(N, C, *out)``.
+
+    Floats and arrays are validated as the NumPy operator does (> 0, finite);
+    a tensor's values are not read (that would be a host sync), only its shape.
+    """
+    c = int(x.shape[1])
+    if isinstance(value, torch.Tensor):
+        if value.dtype == torch.bool or value.is_complex():
+            raise PoolingConfigError(
+                f"{op}: {name} must be a positive real number or a tensor of {c} of them (one per channel), "
+                f"got a {str(value.dtype).replace('torch.', '')} tensor."
+            )
+        if value.dim() != 0 and tuple(value.shape) != (c,):
+            raise PoolingInputError(
+                f"{op}: {name} must be a scalar or have shape ({c},) (one value per channel of x), got shape "
+                f"{tuple(value.shape)}. Pass one value, or one per channel."
+            )
+        t = value.to(device=x.device, dtype=x.dtype)
+    else:
+        param = channel_param(op, name, value, c, np.float64, hint)
+        data: Any = param.scalar if param.scalar is not None else param.value
+        t = torch.as_tensor(data, dtype=x.dtype, device=x.device)
+    return t if t.dim() == 0 else t.reshape(1, c, *[1] * nd)
+
+
+# --------------------------------------------------------------------------- GeM
+
+
+class _Windows:
+    """Window means over the taps inside the input (GeM's ``1/|R|``), and their adjoint."""
+
+    def __init__(self, spec: WindowSpec) -> None:
+        self.spec = spec
+
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        s = window_sum(t, self.spec)
+        return s / tap_counts(self.spec, s)
+
+    def adjoint(self, w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        w = w / tap_counts(self.spec, w)
+        acc = TapAdjoint(self.spec, like)
+        for idx, _ in taps(self.spec):
+            acc.add(idx, w)
+        return acc.result()
+
+
+class _Plane:
+    """Means over each whole ``(n, c)`` plane (global GeM), and their adjoint."""
+
+    def __init__(self, nd: int) -> None:
+        self.dims = tuple(range(2, 2 + nd))
+
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        return t.mean(dim=self.dims, keepdim=True)
+
+    def adjoint(self, w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        n = 1
+        for d in self.dims:
+            n *= int(like.shape[d])
+        return (w / n).expand(like.shape)
+
+
+def _gem_mean(x: torch.Tensor, p: torch.Tensor, eps: float, pool: Any) -> torch.Tensor:
+    return pool.mean(x.clamp(min=eps).pow(p))
+
+
+class _GeMFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, p: torch.Tensor, eps: float, pool: Any) -> torch.Tensor:
+        mean = _gem_mean(x, p, eps, pool)
+        y = mean.pow(p.reciprocal())
+        ctx.eps, ctx.pool = eps, pool
+        ctx.save_for_backward(x, p, y, mean)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> Any:
+        x, p, y, mean = ctx.saved_tensors
+        eps, pool = ctx.eps, ctx.pool
+        if torch.is_grad_enabled():  # double backward: the mean as a function of x and p (y is an output)
+            mean = _gem_mean(x, p, eps, pool)
+        ratio = y / mean  # y^(1-p); NaN, inf or 0/0 in windows that overflowed, underflowed or hold NaN/inf
+        bad = ~torch.isfinite(ratio.detach())
+        w = torch.where(bad, torch.zeros_like(ratio), ratio) * g
+        c = x.clamp(min=eps)
+        gx = gp = None
+        if ctx.needs_input_grad[0]:  # torch.clamp(min=eps) passes the gradient where x >= eps
+            gx = _finite(pool.adjoint(w, x) * c.pow(p - 1) * (x >= eps))
+        if ctx.needs_input_grad[1]:  # dy/dp = (y / p) (mean(c^p log c) / mean(c^p) - log y)
+            t = pool.mean(c.pow(p) * c.log())
+            gpw = (t / mean - y.log()) * y / p * g
+            gp = torch.where(bad, torch.zeros_like(gpw), gpw).sum_to_size(p.shape)
+        return gx, gp, None, None
+
+
+def _gem(x: torch.Tensor, p: torch.Tensor, eps: float, pool: Any) -> torch.Tensor:
+    if needs_grad(x, p):
+        return _GeMFunction.apply(x, p, eps, pool)
+    return _gem_mean(x, p, eps, pool).pow(p.reciprocal())
+
+
+def gem_pool(
+    x: torch.Tensor,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    *,
+    p: Any = 3.0,
+    eps: float = 1e-6,
+    data_format: str = "channels_first",
+) -> torch.Tensor:
+    """GeM pooling: each window's generalized mean ``((1/|R|) sum max(x, eps)^p)^(1/p)``.
+
+    See :func:`poolkit.ops.gem_pool` for the formula, the gradients and the
+    conventions (padding is not part of the mean; overflow gives ``+inf``,
+    underflow 0; windows with a non-finite or zero output pass no gradient).
+
+    ``p`` is a float, an array or a tensor, one value or one per channel
+    (``(C,)``); a tensor with ``requires_grad`` is learned. Floats and arrays
+    are checked (> 0, finite); a tensor's values are not (reading them would
+    synchronise with the device).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from poolkit.torch.functional import gem_pool1d
+    >>> gem_pool1d(torch.tensor([[[1.0, 3.0, 2.0, 2.0]]], dtype=torch.float64), 2, p=2.0)
+    tensor([[[2.2361, 2.0000]]], dtype=torch.float64)
+    """
+    return _gem_pool(x, kernel_size, stride, padding, ceil_mode, p=p, eps=eps, data_format=data_format)
+
+
+def _gem_pool(
+    x: torch.Tensor,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    *,
+    p: Any = 3.0,
+    eps: float = 1e-6,
+    data_format: str = "channels_first",
+    ndim: int | None = None,
+    op: str = "gem_pool",
+) -> torch.Tensor:
+    nd = nd_of(op, x, ndim, kernel_size, stride)
+    pr = prepare(x, op=op, nd=nd, data_format=data_format)
+    spec = window_spec(pr.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
+    xc = compute_dtype(pr.x)
+    pt = _channel_param(op, "p", p, xc, nd, _P_HINT)
+    e = check_real(op, "eps", eps, low=0.0, low_inclusive=False)
+    return pr.to_user(_gem(xc, pt, e, _Windows(spec)).to(pr.dtype))
+
+
+class _Rank:
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape, self.ndim = shape, len(shape)
+
+
+def global_gem_pool(
+    x: torch.Tensor,
+    p: Any = 3.0,
+    eps: float = 1e-6,
+    *,
+    keepdims: bool = False,
+    data_format: str = "channels_first",
+) -> torch.Tensor:
+    """Global GeM: the generalized mean of ``max(x, eps)`` over each whole plane, ``(N, C, ...) -> (N, C)``.
+
+    cirtorch's ``avg_pool2d(x.clamp(min=eps).pow(p), (H, W)).pow(1/p)`` for
+    any spatial rank (see :func:`poolkit.ops.global_gem_pool`); ``p`` as in
+    :func:`gem_pool`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from poolkit.torch.functional import global_gem_pool
+    >>> x = torch.tensor([[[[1.0, 3.0], [2.0, 4.0]]]], dtype=torch.float64)
+    >>> global_gem_pool(x, p=1.0)
+    tensor([[2.5000]], dtype=torch.float64)
+    """
+    op = "global_gem_pool"
+    keepdims = check_bool(op, "keepdims", keepdims)
+    if isinstance(x, torch.Tensor) and x.dim() < 3:
+        infer_ndim(op, _Rank(tuple(x.shape)), None, variants=False)  # raises the shared message
+    nd = nd_of(op, x, None)
+    pr = prepare(x, op=op, nd=nd, data_format=data_format, allow_unbatched=False)
+    if 0 in pr.spatial:
+        raise PoolingInputError(f"{op} needs at least one spatial position, got spatial size {pr.spatial}.")
+    xc = compute_dtype(pr.x)
+    pt = _channel_param(op, "p", p, xc, nd, _P_HINT)
+    e = check_real(op, "eps", eps, low=0.0, low_inclusive=False)
+    y = _gem(xc, pt, e, _Plane(nd)).to(pr.dtype)
+    if keepdims:
+        return pr.to_user(y)
+    return y.reshape(y.shape[0], y.shape[1])
+
+
+# --------------------------------------------------------------------------- LSE
+
+
+def _lse_sums(x: torch.Tensor, r: torch.Tensor, spec: WindowSpec, m: torch.Tensor) -> torch.Tensor:
+    """``sum exp(r (x - m))`` over each window's taps inside the input."""
+    xp = pad_to_windows(x, spec, 0.0)
+    bias = tap_bias(spec, x)
+    s = torch.zeros_like(m)
+    for _, (xv, bv) in taps(spec, xp, bias):
+        u = r * (xv - m)
+        s.add_(torch.exp(u if bv is None else u + bv))
+    return s
+
+
+class _LSEFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, r: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+        y, m, s = _lse_forward(x, r, spec)
+        ctx.spec = spec
+        ctx.save_for_backward(x, r, m, s)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> Any:
+        x, r, m, s = ctx.saved_tensors  # m, s: +inf in degenerate windows (every weight 0)
+        spec = ctx.spec
+        bad = torch.isinf(s)
+        if torch.is_grad_enabled():  # double backward: s as a function of x and r
+            s = torch.where(bad, s, _lse_sums(x, r, spec, m))
+        scale = g / s
+        lowest = torch.finfo(x.dtype).min  # -inf exponents: weight 0 and 0 * u = 0, not NaN
+        xp = pad_to_windows(x, spec, 0.0)
+        bias = tap_bias(spec, x)
+        acc = TapAdjoint(spec, x)
+        a = torch.zeros_like(s)  # sum of exp(u) u, u = r (x - m)
+        for idx, (xv, bv) in taps(spec, xp, bias):
+            u = r * (xv - m)
+            u = (u if bv is None else u + bv).clamp(min=lowest)
+            e = torch.exp(u)
+            a.addcmul_(e, u)
+            acc.add(idx, e * scale)
+        gx = _finite(acc.result()) if ctx.needs_input_grad[0] else None
+        gr = None
+        if ctx.needs_input_grad[1]:  # dy/dr = (A / S - log(S / n)) / r^2
+            log_n = tap_counts(spec, s).log()
+            gw = (a / s - s.log() + log_n) / r / r * g
+            gr = torch.where(bad, torch.zeros_like(gw), gw).sum_to_size(r.shape)
+        return gx, gr, None
+
+
+def _lse_forward(
+    x: torch.Tensor, r: torch.Tensor, spec: WindowSpec
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    m_raw = window_max(x, spec)
+    bad = ~torch.isfinite(m_raw)
+    m = torch.where(bad, torch.zeros_like(m_raw), m_raw)
+    s = _lse_sums(x, r, spec, m)
+    log_n = tap_counts(spec, s).log()
+    y = torch.where(bad, m_raw, (s.log() - log_n) / r + m)
+    inf = torch.full_like(m, _INF)
+    return y, torch.where(bad, inf, m), torch.where(bad, inf, s)
+
+
+def lse_pool(
+    x: torch.Tensor,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    *,
+    r: Any = 10.0,
+    data_format: str = "channels_first",
+) -> torch.Tensor:
+    """Log-sum-exp pooling ``m + (1/r) log((1/n) sum exp(r (x_i - m)))`` (timm's ``LsePlus``).
+
+    See :func:`poolkit.ops.lse_pool`: ``m`` is the window maximum (so no
+    ``r`` and ``x`` overflow), ``n`` the taps inside the input; a NaN window
+    gives NaN, ``+inf`` wins, all ``-inf`` stays ``-inf``, and such windows
+    pass no gradient. ``r`` is a float, an array or a tensor (one value or
+    ``(C,)``), learnable.
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> from poolkit.torch.functional import lse_pool1d
+    >>> x = torch.tensor([[[0.0, math.log(3.0), 1e4, 1e4]]], dtype=torch.float64)
+    >>> lse_pool1d(x, 2, r=1.0)
+    tensor([[[6.9315e-01, 1.0000e+04]]], dtype=torch.float64)
+    """
+    return _lse_pool(x, kernel_size, stride, padding, ceil_mode, r=r, data_format=data_format)
+
+
+def _lse_pool(
+    x: torch.Tensor,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    *,
+    r: Any = 10.0,
+    data_format: str = "channels_first",
+    ndim: int | None = None,
+    op: str = "lse_pool",
+) -> torch.Tensor:
+    nd = nd_of(op, x, ndim, kernel_size, stride)
+    pr = prepare(x, op=op, nd=nd, data_format=data_format)
+    spec = window_spec(pr.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
+    xc = compute_dtype(pr.x)
+    rt = _channel_param(op, "r", r, xc, nd, _R_HINT)
+    if needs_grad(xc, rt):
+        y = _LSEFunction.apply(xc, rt, spec)
+    else:
+        y = _lse_forward(xc, rt, spec)[0]
+    return pr.to_user(y.to(pr.dtype))
+
+
+# --------------------------------------------------------------------------- SoftPool
+
+
+def _soft_sums(
+    x: torch.Tensor, spec: WindowSpec, m: torch.Tensor, numerator: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``S = sum exp(x - m)`` and ``sum exp(x - m) x`` over each window's taps inside the input."""
+    xp = pad_to_windows(x, spec, 0.0)
+    bias = tap_bias(spec, x)
+    s = torch.zeros_like(m)
+    num = torch.zeros_like(m) if numerator else None
+    for _, (xv, bv) in taps(spec, xp, bias):
+        u = xv - m
+        e = torch.exp(u if bv is None else u + bv)
+        s.add_(e)
+        if num is not None:
+            num.addcmul_(e, xv)
+    return s, num
+
+
+def _soft_forward(x: torch.Tensor, spec: WindowSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    m_raw = window_max(x, spec)
+    bad = ~torch.isfinite(m_raw)
+    m = torch.where(bad, torch.zeros_like(m_raw), m_raw)
+    s, num = _soft_sums(x, spec, m)
+    assert num is not None
+    # +inf wins the softmax outright; a window of -inf stays -inf; NaN stays NaN.
+    y = torch.where(bad, m_raw, num / s)
+    return y, m, torch.where(bad, torch.full_like(s, _INF), s)
+
+
+class _SoftPoolFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+        y, m, s = _soft_forward(x, spec)
+        ctx.spec = spec
+        ctx.save_for_backward(x, y, m, s)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> Any:
+        x, y, m, s = ctx.saved_tensors  # m: 0, s: +inf in windows with a NaN or infinite maximum
+        spec = ctx.spec
+        if torch.is_grad_enabled():  # double backward: S as a function of x (y is an output)
+            s = torch.where(torch.isinf(s), s, _soft_sums(x, spec, m, numerator=False)[0])
+        scale = g / s
+        xp = pad_to_windows(x, spec, 0.0)
+        bias = tap_bias(spec, x)
+        acc = TapAdjoint(spec, x)
+        for idx, (xv, bv) in taps(spec, xp, bias):  # dy/dx_i = w_i (1 + x_i - y)
+            u = xv - m
+            w = torch.exp(u if bv is None else u + bv) * scale
+            acc.add(idx, w * (xv - y + 1))
+        return _finite(acc.result()), None
+
+
+def soft_pool(
+    x: torch.Tensor,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    *,
+    data_format: str = "channels_first",
+) -> torch.Tensor:
+    """SoftPool: each window's softmax-weighted average ``sum_i e^{x_i} x_i / sum_i e^{x_i}``.
+
+    See :func:`poolkit.ops.soft_pool`. Computed with the window maximum
+    subtracted, so +-1e4 in float32 stays finite and correct (the
+    reference's ``avg_pool(x e^x) / avg_pool(e^x)`` overflows); padding is
+    outside the softmax. The backward pass saves only the input, the output,
+    the window maximum and the denominator (all output-sized but ``x``).
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> from poolkit.torch.functional import soft_pool1d
+    >>> soft_pool1d(torch.tensor([[[0.0, math.log(3.0), 1e4, 1e4]]]), 2)
+    tensor([[[8.2396e-01, 1.0000e+04]]])
+    """
+    return _soft_pool(x, kernel_size, stride, padding, ceil_mode, data_format=data_format)
+
+
+def _soft_pool(
+    x: torch.Tensor,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    *,
+    data_format: str = "channels_first",
+    ndim: int | None = None,
+    op: str = "soft_pool",
+) -> torch.Tensor:
+    nd = nd_of(op, x, ndim, kernel_size, stride)
+    pr = prepare(x, op=op, nd=nd, data_format=data_format)
+    spec = window_spec(pr.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
+    xc = compute_dtype(pr.x)
+    if needs_grad(xc):
+        y = _SoftPoolFunction.apply(xc, spec)
+    else:
+        y = _soft_forward(xc, spec)[0]
+    return pr.to_user(y.to(pr.dtype))
+
+
+# --------------------------------------------------------------------------- LIP
+
+
+def _lip_sums(
+    x: torch.Tensor, logits: torch.Tensor, spec: WindowSpec, m: torch.Tensor, numerator: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``S = sum exp(l - m)`` and ``sum exp(l - m) x`` over each window's taps inside the input."""
+    xp = pad_to_windows(x, spec, 0.0)
+    lp = pad_to_windows(logits, spec, 0.0)
+    bias = tap_bias(spec, x)
+    s = torch.zeros_like(m)
+    num = torch.zeros_like(m) if numerator else None
+    for _, (xv, lv, bv) in taps(spec, xp, lp, bias):
+        u = lv - m
+        e = torch.exp(u if bv is None else u + bv)
+        s.add_(e)
+        if num is not None:
+            num.addcmul_(e, xv)
+    return s, num
+
+
+def _lip_forward(
+    x: torch.Tensor, logits: torch.Tensor, spec: WindowSpec
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    m_raw = window_max(logits, spec)
+    bad_l = ~torch.isfinite(m_raw)
+    m = torch.where(bad_l, torch.zeros_like(m_raw), m_raw)
+    s, num = _lip_sums(x, logits, spec, m)
+    assert num is not None
+    # NaN or +inf logits: undefined weights; all -inf: no weight at all.
+    y = torch.where(bad_l, torch.full_like(s, float("nan")), num / s)
+    bad = ~torch.isfinite(y)
+    inf = torch.full_like(m, _INF)
+    return y, torch.where(bad, inf, m), torch.where(bad, inf, s)
+
+
+class _LIPFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, logits: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+        y, m, s = _lip_forward(x, logits, spec)
+        ctx.spec = spec
+        ctx.save_for_backward(x, logits, y, m, s)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> Any:
+        x, logits, y, m, s = ctx.saved_tensors  # m, s: +inf where y is not finite (every weight 0)
+        spec = ctx.spec
+        bad = torch.isinf(s)
+        if torch.is_grad_enabled():  # double backward: S as a function of the logits (y is an output)
+            s = torch.where(bad, s, _lip_sums(x, logits, spec, m, numerator=False)[0])
+        y0 = torch.where(bad, torch.zeros_like(y), y)
+        scale = g / s
+        xp = pad_to_windows(x, spec, 0.0)
+        lp = pad_to_windows(logits, spec, 0.0)
+        bias = tap_bias(spec, x)
+        want_x, want_l = ctx.needs_input_grad[:2]
+        acc_x = TapAdjoint(spec, x) if want_x else None
+        acc_l = TapAdjoint(spec, x) if want_l else None
+        for idx, (xv, lv, bv) in taps(spec, xp, lp, bias):  # dy/dx_i = w_i, dy/dl_i = w_i (x_i - y)
+            u = lv - m
+            w = torch.exp(u if bv is None else u + bv) * scale
+            if acc_x is not None:
+                acc_x.add(idx, w)
+            if acc_l is not None:
+                acc_l.add(idx, (xv - y0) * w)
+        gx = _finite(acc_x.result()) if acc_x is not None else None
+        gl = _finite(acc_l.result()) if acc_l is not None else None
+        return gx, gl, None
+
+
+def lip_pool(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    *,
+    data_format: str = "channels_first",
+) -> torch.Tensor:
+    """Local importance pooling: ``sum_i e^{l_i} x_i / sum_i e^{l_i}`` over each window (Gao et al., ICCV 2019).
+
+    See :func:`poolkit.ops.lip_pool`. ``logits`` has ``x``'s shape and
+    layout (in the paper the output of a small network of ``x``; the module
+    :class:`poolkit.torch.LIPPool2d` builds it). Each window's largest logit
+    is subtracted, so logits of +-1e4 stay finite (sebgao/LIP's
+    ``avg_pool(x e^l) / avg_pool(e^l)`` gives NaN once ``e^l`` overflows).
+    Logits are cast to ``x``'s compute dtype.
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> from poolkit.torch.functional import lip_pool1d
+    >>> x = torch.tensor([[[1.0, 5.0, 2.0, 4.0]]], dtype=torch.float64)
+    >>> lip_pool1d(x, torch.tensor([[[0.0, math.log(3.0), 1e4, -1e4]]], dtype=torch.float64), 2)
+    tensor([[[4., 2.]]], dtype=torch.float64)
+    """
+    return _lip_pool(x, logits, kernel_size, stride, padding, ceil_mode, data_format=data_format)
+
+
+def _lip_pool(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    *,
+    data_format: str = "channels_first",
+    ndim: int | None = None,
+    op: str = "lip_pool",
+) -> torch.Tensor:
+    nd = nd_of(op, x, ndim, kernel_size, stride)
+    pr = prepare(x, op=op, nd=nd, data_format=data_format)
+    if not isinstance(logits, torch.Tensor):
+        raise PoolingInputError(
+            f"{op} expects logits as a torch.Tensor, got {type(logits).__name__}. Use torch.as_tensor(logits)."
+        )
+    if not logits.is_floating_point():
+        kind = "complex" if logits.is_complex() else str(logits.dtype).replace("torch.", "")
+        raise float_dtype_error(op, kind, "logits", "float()")
+    if tuple(logits.shape) != tuple(x.shape):
+        raise PoolingInputError(
+            f"{op}: logits must have the shape of x {tuple(x.shape)} (one logit per input value, same "
+            f"layout), got {tuple(logits.shape)}."
+        )
+    spec = window_spec(pr.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
+    xc = compute_dtype(pr.x)
+    lc = pr.from_user(logits).to(xc.dtype)
+    if needs_grad(xc, lc):
+        y = _LIPFunction.apply(xc, lc, spec)
+    else:
+        y = _lip_forward(xc, lc, spec)[0]
+    return pr.to_user(y.to(pr.dtype))
+
+
+_a = aliases(gem_pool, _gem_pool, (1, 2, 3))
+gem_pool1d, gem_pool2d, gem_pool3d = (_a[f"gem_pool{i}d"] for i in (1, 2, 3))
+_a = aliases(lse_pool, _lse_pool, (1, 2, 3))
+lse_pool1d, lse_pool2d, lse_pool3d = (_a[f"lse_pool{i}d"] for i in (1, 2, 3))
+_a = aliases(soft_pool, _soft_pool, (1, 2, 3))
+soft_pool1d, soft_pool2d, soft_pool3d = (_a[f"soft_pool{i}d"] for i in (1, 2, 3))
+_a = aliases(lip_pool, _lip_pool, (1, 2, 3))
+lip_pool1d, lip_pool2d, lip_pool3d = (_a[f"lip_pool{i}d"] for i in (1, 2, 3))
