@@ -115,3 +115,31 @@ RESEARCH_CASES = [
     pytest.param(Case((2, 3, 9), 3, 2, 1), "channels_first", id="1d"),
     pytest.param(Case((1, 2, 4, 5, 4), 2), "channels_first", id="3d"),
 ]
+
+
+def mixed_boxes(rng, n_images, k, h, w, scale=1.0):
+    """``(K, 5)`` boxes: random, plus zero-size, reversed, outside, huge, tiny, on halves, the whole map."""
+    hh, ww = h / scale, w / scale
+    xy = rng.uniform(-0.3, 1.1, (k, 2)) * [ww, hh]
+    size = rng.choice([0.1, 0.5, 1.0, 2.5], (k, 1)) * rng.uniform(0, 1, (k, 2)) * [ww, hh]
+    b = np.concatenate([xy, xy + size], axis=1)
+    special = np.array(
+        [
+            [2.0, 1.0, 2.0, 4.0],  # zero width
+            [1.0, 3.0, 5.0, 3.0],  # zero height
+            [4.0, 1.0, 1.5, 3.5],  # reversed x
+            [1.0, 4.0, 3.5, 0.5],  # reversed y
+            [5.0, 4.0, 2.0, 1.0],  # reversed both
+            [ww + 3, hh + 2, ww + 9, hh + 6],  # after the map
+            [-9.0, -8.0, -3.0, -2.5],  # before the map
+            [-3 * ww, -2 * hh, 4 * ww, 3 * hh],  # huge
+            [1.3, 2.2, 1.5, 2.3],  # tiny (sub-pixel)
+            [0.5, 1.5, 2.5, 3.5],  # halves: C's rounding
+            [-1.5, 0.5, 4.3, hh + 0.7],  # partly outside
+            [0.0, 0.0, ww - 1, hh - 1],  # the whole map
+        ]
+    )
+    special[:10] /= scale
+    m = min(k, len(special))
+    b[:m] = special[:m]
+    return np.concatenate([rng.integers(0, n_images, (k, 1)).astype(float), b], axis=1)

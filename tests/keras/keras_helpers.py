@@ -21,6 +21,8 @@ X64 = BACKEND != "jax" or keras.backend.standardize_dtype(ops.zeros((), "float64
 def to_numpy(t: Any) -> Any:
     if isinstance(t, (list, tuple)):
         return type(t)(to_numpy(v) for v in t)
+    if isinstance(t, keras.Variable):
+        t = t.value
     if BACKEND == "torch" and hasattr(t, "detach"):
         return t.detach().cpu().numpy()
     return np.asarray(ops.convert_to_numpy(t))

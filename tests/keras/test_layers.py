@@ -28,6 +28,8 @@ def _input(case: LayerCase, seed: int = 0) -> np.ndarray:
 
 
 def _numpy(value):
+    if isinstance(value, dict):
+        return {k: _numpy(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(_numpy(v) for v in value)
     if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, np.ndarray):

@@ -68,30 +68,54 @@ def test_example_matches_numpy_forward_and_gradients(name):
     dtype = np.float64 if X64 else np.float32
     x = (rng.standard_normal((2, 3, 8, 7)) + np.arange(8 * 7).reshape(8, 7) * 1e-3).astype(dtype)  # no ties
     arrays, settings = info.example(x)
-    settings = {"data_format": "channels_first", **settings}
+    arrays = tuple(_cast(a, dtype) for a in arrays)
+    settings = {k: _cast(v, dtype) for k, v in settings.items()}
+    if "data_format" in inspect.signature(info.function).parameters:
+        settings = {"data_format": "channels_first", **settings}
     out, pullback = vjp(name, *arrays, **settings)
     y = out[0] if isinstance(out, tuple) else out
     g = rng.standard_normal(np.shape(y)).astype(dtype)
     ref = pullback(g)
 
-    # Differentiable inputs: positional arrays and array-valued settings, in a fixed order.
+    # Differentiable inputs: positional arrays (a list of arrays gives one leaf per array) and
+    # array-valued settings, in a fixed order.
     names = info.arrays
-    diff_pos = [p for p, a in enumerate(arrays) if p < len(names) and names[p] in info.differentiable]
+    leaves: list[tuple[str, int | None]] = []  # (argument, index in its list or None)
+    for p, a in enumerate(arrays):
+        if p < len(names) and names[p] in info.differentiable:
+            leaves += [(names[p], i) for i in range(len(a))] if isinstance(a, list) else [(names[p], None)]
     diff_kw = [k for k, v in settings.items() if k in info.differentiable and isinstance(v, np.ndarray)]
-    fixed = {k: v for k, v in settings.items() if k not in diff_kw}
-    fixed = {RENAMED.get(k, k): v for k, v in fixed.items()}
+    leaves += [(k, None) for k in diff_kw]
+    fixed = {RENAMED.get(k, k): v for k, v in settings.items() if k not in diff_kw}
+    position = {n: p for p, n in enumerate(names)}
 
     def call(*diff):
-        args = list(arrays)
-        for p, t in zip(diff_pos, diff):
-            args[p] = t
-        kw = dict(fixed, **dict(zip(diff_kw, diff[len(diff_pos) :])))
+        args = [list(a) if isinstance(a, list) else a for a in arrays]
+        kw = dict(fixed)
+        for (label, i), t in zip(leaves, diff):
+            if label in diff_kw:
+                kw[label] = t
+            elif i is None:
+                args[position[label]] = t
+            else:
+                args[position[label]][i] = t
         return getattr(KF, name)(*args, **kw)
 
-    inputs = [arrays[p] for p in diff_pos] + [settings[k] for k in diff_kw]
+    def value(label: str, i: int | None, source: dict) -> np.ndarray:
+        v = source[label] if label in source else arrays[position[label]]
+        return v if i is None else v[i]
+
+    inputs = [value(label, i, settings) for label, i in leaves]
     got, grads = value_and_grads(call, inputs, g)
     got_y = got[0] if isinstance(got, (tuple, list)) else got
     tol = dict(rtol=1e-10, atol=1e-12) if X64 else dict(rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(got_y, y, **tol)
-    for label, gr in zip([names[p] for p in diff_pos] + diff_kw, grads):
-        np.testing.assert_allclose(gr, ref[label], err_msg=label, **tol)
+    assert leaves, f"{name}: the example has no differentiable input"
+    for (label, i), gr in zip(leaves, grads):
+        np.testing.assert_allclose(gr, value(label, i, ref), err_msg=f"{label}[{i}]", **tol)
+
+
+def _cast(a, dtype):
+    if isinstance(a, list):
+        return [_cast(v, dtype) for v in a]
+    return a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a

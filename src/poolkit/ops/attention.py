@@ -389,7 +389,7 @@ _aliases = define(
     _attention_pool,
     _attention_backward,
     family="structured",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     ndims=(1, 2, 3),
     differentiable=("x", "query", "wq", "wk", "wv", "wo"),
     learnable=("query", "wq", "wk", "wv", "wo"),

@@ -412,7 +412,7 @@ _blur_aliases = define(
     _blur_pool,
     _blur_pool_backward,
     family="research",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     ndims=(1, 2, 3),
     example=lambda x: ((x,), {"filt_size": 3, "stride": 2}),
 )
@@ -425,7 +425,7 @@ _max_blur_aliases = define(
     _max_blur_pool,
     _blur_pool_backward,
     family="research",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     ndims=(1, 2, 3),
     example=lambda x: ((x,), {"kernel_size": 2, "filt_size": 3, "stride": 2}),
 )

@@ -341,7 +341,7 @@ _aliases = define(
     _dpp_pool,
     _dpp_pool_backward,
     family="research",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     differentiable=("x", "alpha", "lam"),
     learnable=("alpha", "lam"),
     stochastic=False,

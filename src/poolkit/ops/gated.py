@@ -196,7 +196,7 @@ _aliases = define(
     _gated_pool,
     _gated_pool_backward,
     family="research",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     differentiable=("x", "weight"),
     learnable=("weight",),
     stochastic=False,

@@ -222,7 +222,7 @@ _aliases = define(
     _lip_pool,
     _lip_pool_backward,
     family="research",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     differentiable=("x", "logits"),
     learnable=(),
     example=lambda x: (

@@ -212,7 +212,7 @@ _aliases = define(
     _lse_pool,
     _lse_pool_backward,
     family="research",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     differentiable=("x", "r"),
     learnable=("r",),
     example=lambda x: ((x,), {"kernel_size": 2, "r": np.full(x.shape[1], 10.0)}),

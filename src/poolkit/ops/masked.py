@@ -201,7 +201,7 @@ _aliases = define(
     _masked_pool,
     _masked_backward,
     family="structured",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     differentiable=("x", "mask"),
     example=_example,
 )

@@ -215,7 +215,7 @@ _aliases = define(
     _median_pool,
     _median_pool_backward,
     family="research",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     ndims=(1, 2, 3),
     example=lambda x: ((x,), {"kernel_size": 3, "stride": 2, "padding": 1}),
 )

@@ -290,7 +290,7 @@ _aliases = define(
     _mixed_pool,
     _mixed_pool_backward,
     family="research",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     differentiable=("x", "alpha"),
     learnable=("alpha",),
     stochastic=True,

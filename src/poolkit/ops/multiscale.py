@@ -274,7 +274,7 @@ _aliases = define(
     _multiscale_roi_align,
     _multiscale_backward,
     family="structured",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     ndims=(2,),
     differentiable=("features",),
     example=_example,

@@ -363,7 +363,7 @@ _aliases = define(
     _precise_roi_pool,
     _precise_roi_backward,
     family="structured",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     ndims=(2,),
     differentiable=("x", "boxes"),
     example=_example,

@@ -311,17 +311,27 @@ _spp_aliases = define(
     _spatial_pyramid_pool,
     _spatial_pyramid_backward,
     family="structured",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     example=lambda x: ((x,), {"levels": (1, 2, 3)}),
 )
 spatial_pyramid_pool1d = _spp_aliases["spatial_pyramid_pool1d"]
 spatial_pyramid_pool2d = _spp_aliases["spatial_pyramid_pool2d"]
 spatial_pyramid_pool3d = _spp_aliases["spatial_pyramid_pool3d"]
 _yolo_spp = define(
-    spp, _spp, _concat_backward, family="structured", backends=("numpy", "torch"), example=_sppf_example
+    spp,
+    _spp,
+    _concat_backward,
+    family="structured",
+    backends=("numpy", "torch", "keras"),
+    example=_sppf_example,
 )
 spp1d, spp2d, spp3d = _yolo_spp["spp1d"], _yolo_spp["spp2d"], _yolo_spp["spp3d"]
 _yolo_sppf = define(
-    sppf, _sppf, _concat_backward, family="structured", backends=("numpy", "torch"), example=_sppf_example
+    sppf,
+    _sppf,
+    _concat_backward,
+    family="structured",
+    backends=("numpy", "torch", "keras"),
+    example=_sppf_example,
 )
 sppf1d, sppf2d, sppf3d = _yolo_sppf["sppf1d"], _yolo_sppf["sppf2d"], _yolo_sppf["sppf3d"]

@@ -236,7 +236,7 @@ _aliases = define(
     family="research",
     differentiable=("x",),
     stochastic=True,
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     example=lambda x: ((x,), {"kernel_size": 2, "grid_size": 4, "stride": 2, "samples": _fixed_rows(x)}),
 )
 s3_pool1d = _aliases["s3_pool1d"]

@@ -255,6 +255,6 @@ define(
     _segment_backward,
     family="set",
     ndims=(),
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     example=_example,
 )

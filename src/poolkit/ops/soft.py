@@ -163,7 +163,7 @@ _aliases = define(
     _soft_pool,
     _soft_pool_backward,
     family="research",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     example=lambda x: ((x,), {"kernel_size": 2}),
 )
 soft_pool1d = _aliases["soft_pool1d"]

@@ -185,7 +185,7 @@ _aliases = define(
     _spectral_pool,
     _spectral_pool_backward,
     family="research",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     ndims=(1, 2, 3),
     example=_example,
 )

@@ -347,7 +347,7 @@ _aliases = define(
     family="research",
     differentiable=("x",),
     stochastic=True,
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     example=lambda x: ((x,), {"kernel_size": 2, "samples": _fixed_samples(x)}),
 )
 stochastic_pool1d = _aliases["stochastic_pool1d"]

@@ -230,7 +230,7 @@ _aliases = define(
     _tree_pool,
     _tree_pool_backward,
     family="research",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     differentiable=("x", "leaves", "gates"),
     learnable=("leaves", "gates"),
     stochastic=False,

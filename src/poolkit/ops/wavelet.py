@@ -132,7 +132,7 @@ _aliases = define(
     _wavelet_pool,
     _wavelet_pool_backward,
     family="research",
-    backends=("numpy", "torch"),
+    backends=("numpy", "torch", "keras"),
     ndims=(1, 2, 3),
     example=lambda x: ((x,), {}),
 )

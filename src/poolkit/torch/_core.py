@@ -1,41 +1,55 @@
-"""Shared plumbing for the torch backend: input checks, layouts, geometry on tensors.
+"""Shared plumbing for the torch backend: input checks, layouts, geometry, dtypes and parameters.
 
 Everything here is plain torch on static shapes, so functions built on it
 trace under ``torch.compile(fullgraph=True)`` and ``torch.export``; the
 geometry itself is :mod:`poolkit.geometry`, the same frozen spec the NumPy
-reference reads.
+reference reads. Tap loops and window reductions are in :mod:`._taps`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-import itertools
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._validate import check_choice
 from ..errors import PoolingConfigError, PoolingInputError
-from ..geometry import WindowSpec
+from ..geometry import WindowSpec, window_spec
 from ..ops._input import DATA_FORMATS, check_rank, float_dtype_error, infer_ndim
+from ..ops._params import channel_param as _check_channel_param
 
 __all__ = [
     "Prepared",
     "prepare",
+    "Shaped",
     "infer_ndim",
+    "nd_of",
+    "windowed",
     "pad_pairs",
     "pad_to_windows",
-    "tap_views",
-    "window_sum",
+    "crop_output",
     "divisor",
+    "compute_dtype",
+    "upcast",
+    "needs_grad",
+    "zero_nonfinite",
     "as_generator",
-    "aliases",
     "param_tensor",
+    "real_tensor",
+    "channel_param",
+    "aliases",
+    "portable",
+    "force_portable",
 ]
+
+
+# --------------------------------------------------------------------------- inputs
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,48 @@ def prepare(
     return Prepared(x, nd, batched, channels_last, x.dtype)
 
 
+class Shaped:
+    """A stand-in with only ``shape`` and ``ndim``, for NumPy-side checks that read no values."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape, self.ndim = shape, len(shape)
+
+
+def nd_of(op: str, x: Any, ndim: int | None, *hints: Any, variants: bool = True) -> int:
+    """Spatial rank, as :func:`poolkit.ops._input.infer_ndim` decides it (without NumPy calls on tensors,
+    which ``torch.compile`` cannot trace)."""
+    if ndim is not None:
+        return ndim
+    for h in hints:
+        if isinstance(h, (tuple, list)) and len(h) > 0:
+            return len(h)
+    rank = x.dim() if isinstance(x, torch.Tensor) else len(getattr(x, "shape", ()))
+    if rank >= 3:
+        return rank - 2
+    # raises the shared message
+    return infer_ndim(op, Shaped(tuple(getattr(x, "shape", ()))), None, variants=variants)
+
+
+def windowed(
+    op: str,
+    x: Any,
+    ndim: int | None,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    data_format: str = "channels_first",
+    dilation: Any = 1,
+) -> tuple[Prepared, WindowSpec]:
+    """The prologue of a sliding-window operator: rank, checked input and window geometry."""
+    nd = nd_of(op, x, ndim, kernel_size, stride, dilation)
+    p = prepare(x, op=op, nd=nd, data_format=data_format)
+    return p, window_spec(p.spatial, kernel_size, stride, padding, dilation, ceil_mode, op=op)
+
+
+# --------------------------------------------------------------------------- geometry on tensors
+
+
 def pad_pairs(spec: WindowSpec, extra_hi: bool = True) -> list[int]:
     """``F.pad`` argument (last axis first) for the spec's padding, plus the ceil overhang."""
     out: list[int] = []
@@ -106,43 +162,46 @@ def pad_to_windows(x: torch.Tensor, spec: WindowSpec, value: float) -> torch.Ten
     return torch.nn.functional.pad(x, pads, value=value)
 
 
-def tap_views(xp: torch.Tensor, spec: WindowSpec) -> Iterator[tuple[tuple[int, ...], torch.Tensor]]:
-    """For each kernel offset (row-major), the strided view of a padded input it reads.
-
-    ``xp`` must be padded by :func:`pad_to_windows`; each view has the
-    output's shape. Views share memory with ``xp``: no kernel-volume copy.
-    """
-    for k in itertools.product(*(range(ax.kernel) for ax in spec.axes)):
-        idx: list[Any] = [slice(None), slice(None)]
-        for a, ax in enumerate(spec.axes):
-            start = k[a] * ax.dilation
-            idx.append(slice(start, start + (ax.out - 1) * ax.stride + 1, ax.stride))
-        yield k, xp[tuple(idx)]
-
-
-def window_sum(x: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
-    """Sum over each window (padding and overhang contribute 0)."""
-    nd = spec.ndim
-    xp = pad_to_windows(x, spec, 0.0)
-    if all(ax.dilation == 1 for ax in spec.axes):
-        # mean * volume rather than divisor_override=1: ONNX's AveragePool has no divisor override
-        pool = (
-            torch.nn.functional.avg_pool1d,
-            torch.nn.functional.avg_pool2d,
-            torch.nn.functional.avg_pool3d,
-        )[nd - 1]
-        return pool(xp, spec.kernel_size, spec.stride) * math.prod(spec.kernel_size)
-    total = None
-    for _, v in tap_views(xp, spec):
-        total = v if total is None else total + v
-    assert total is not None
-    return total
+def crop_output(y: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+    """The spec's output (the leading windows) of a result computed on more windows."""
+    if tuple(y.shape[2:]) == spec.output_size:
+        return y
+    return y[(slice(None), slice(None), *(slice(0, o) for o in spec.output_size))]
 
 
 def divisor(spec: WindowSpec, include_pad: bool, like: torch.Tensor) -> torch.Tensor:
     """Taps averaged by each window (PyTorch's rule), shaped ``(1, 1, *out)``, never 0."""
     d = spec.divisor(include_pad).clip(1, None)
     return torch.as_tensor(d, dtype=like.dtype, device=like.device).reshape((1, 1, *d.shape))
+
+
+# --------------------------------------------------------------------------- dtypes, autograd
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype poolkit computes in: float32 for float16/bfloat16, else ``dtype``."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def upcast(x: torch.Tensor, cpu_only: bool = False) -> torch.Tensor:
+    """``x`` in :func:`compute_dtype`; with ``cpu_only`` half precision is kept off the CPU (PyTorch's
+    pooling kernels accumulate in float32 there themselves)."""
+    if cpu_only and x.device.type != "cpu":
+        return x
+    return x.to(compute_dtype(x.dtype))
+
+
+def needs_grad(*tensors: Any) -> bool:
+    """Whether autograd will differentiate through any of ``tensors``."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def zero_nonfinite(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with NaN and infinities replaced by 0 (gradients of windows that pass none)."""
+    return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+# --------------------------------------------------------------------------- arguments
 
 
 def as_generator(op: str, rng: Any, device: torch.device) -> torch.Generator | None:
@@ -161,8 +220,45 @@ def as_generator(op: str, rng: Any, device: torch.device) -> torch.Generator | N
 def param_tensor(value: Any, like: torch.Tensor) -> torch.Tensor:
     """A learnable argument (float, array or tensor) as a tensor on ``like``'s device and dtype."""
     if isinstance(value, torch.Tensor):
-        return value.to(device=like.device, dtype=like.dtype) if value.dtype != like.dtype else value
+        return value.to(device=like.device, dtype=like.dtype)  # no copy when both already match
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+
+
+def real_tensor(op: str, name: str, value: torch.Tensor) -> None:
+    """Raise unless ``value`` holds real numbers (not complex, not bool)."""
+    if value.is_complex() or value.dtype == torch.bool:
+        raise PoolingInputError(
+            f"{op}: {name} must be a real-valued tensor, got dtype {value.dtype}. Convert with "
+            f"{name}.float()."
+        )
+
+
+def channel_param(op: str, name: str, value: Any, x: torch.Tensor, nd: int, hint: str) -> torch.Tensor:
+    """A learnable positive scalar-or-per-channel argument (GeM's ``p``, LSE's ``r``) broadcasting
+    against ``(N, C, *out)``.
+
+    Floats and arrays are validated as the NumPy operator does
+    (:func:`poolkit.ops._params.channel_param`: > 0, finite); a tensor's
+    values are not read (that would be a host sync), only its shape.
+    """
+    c = int(x.shape[1])
+    if isinstance(value, torch.Tensor):
+        if value.dtype == torch.bool or value.is_complex():
+            raise PoolingConfigError(
+                f"{op}: {name} must be a positive real number or a tensor of {c} of them (one per channel), "
+                f"got a {str(value.dtype).replace('torch.', '')} tensor."
+            )
+        if value.dim() != 0 and tuple(value.shape) != (c,):
+            raise PoolingInputError(
+                f"{op}: {name} must be a scalar or have shape ({c},) (one value per channel of x), got shape "
+                f"{tuple(value.shape)}. Pass one value, or one per channel."
+            )
+        t = param_tensor(value, x)
+    else:
+        param = _check_channel_param(op, name, value, c, np.float64, hint)
+        data: Any = param.scalar if param.scalar is not None else param.value
+        t = torch.as_tensor(data, dtype=x.dtype, device=x.device)
+    return t if t.dim() == 0 else t.reshape(1, c, *[1] * nd)
 
 
 def aliases(
@@ -188,20 +284,31 @@ def aliases(
     return out
 
 
-class _Shape:
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self.shape, self.ndim = shape, len(shape)
+# --------------------------------------------------------------------------- portable paths
+
+_FORCE_PORTABLE = False
 
 
-def nd_of(op: str, x: Any, ndim: int | None, *hints: Any) -> int:
-    """Spatial rank, as :func:`poolkit.ops._input.infer_ndim` decides it (without NumPy calls on tensors,
-    which ``torch.compile`` cannot trace)."""
-    if ndim is not None:
-        return ndim
-    for h in hints:
-        if isinstance(h, (tuple, list)) and len(h) > 0:
-            return len(h)
-    rank = x.dim() if isinstance(x, torch.Tensor) else len(getattr(x, "shape", ()))
-    if rank >= 3:
-        return rank - 2
-    return infer_ndim(op, _Shape(tuple(getattr(x, "shape", ()))), None)  # raises the shared message
+@contextlib.contextmanager
+def force_portable(enabled: bool = True) -> Iterator[None]:
+    """Make :func:`portable` true for every call inside the block (tests, or to try the paths on a CPU)."""
+    global _FORCE_PORTABLE
+    previous, _FORCE_PORTABLE = _FORCE_PORTABLE, enabled
+    try:
+        yield
+    finally:
+        _FORCE_PORTABLE = previous
+
+
+def portable(x: torch.Tensor) -> bool:
+    """Whether to avoid the native kernels whose CUDA backward throws in deterministic mode.
+
+    True when ``x`` will be differentiated on an accelerator under
+    ``torch.use_deterministic_algorithms(True)`` (``avg_pool3d``, adaptive
+    average and max pooling, fractional max pooling have no deterministic
+    backward there), or inside :func:`force_portable`. Callers then take
+    pure-torch paths whose backward is deterministic (docs/torch.md).
+    """
+    if _FORCE_PORTABLE:
+        return True
+    return x.device.type != "cpu" and torch.are_deterministic_algorithms_enabled() and needs_grad(x)

@@ -1,8 +1,17 @@
-"""Adaptive, global and fractional pooling and max unpooling in torch."""
+"""Adaptive, global and fractional pooling and max unpooling in torch.
+
+Native kernels, except under ONNX export (which cannot take adaptive pooling
+whose sizes do not divide the input, nor fractional pooling) and where
+:func:`poolkit.torch._core.portable` rules them out (their CUDA backward has
+no deterministic version): there adaptive pooling runs bin by bin on static
+slices and fractional pooling as gathers, with PyTorch's winner rule and
+index format (:func:`poolkit.torch._taps.first_max`).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,7 +26,8 @@ from ...geometry import (
     fractional_output_size,
     unpool_output_size,
 )
-from .._core import aliases, as_generator, nd_of, prepare
+from .._core import aliases, as_generator, nd_of, portable, prepare, upcast
+from .._taps import first_max
 
 __all__ = [
     "adaptive_max_pool",
@@ -49,26 +59,66 @@ def _exporting() -> bool:
     return bool(torch.onnx.is_in_onnx_export())
 
 
-def _bins_reduce(x: torch.Tensor, out: tuple[int, ...], reduce: str) -> torch.Tensor:
-    """Adaptive pooling as slices of each bin (static shapes: exports anywhere), axis by axis."""
+Reduce = Callable[[tuple[torch.Tensor, ...], int], tuple[torch.Tensor, ...]]
+
+
+def _bins_reduce(
+    ts: tuple[torch.Tensor, ...], out: tuple[int, ...], reduce: Reduce
+) -> tuple[torch.Tensor, ...]:
+    """``reduce(pieces, dim)`` (keeping ``dim``) over each adaptive bin of ``ts``, axis by axis.
+
+    A regular tiling (every bin ``k`` long, stride ``k``) is one reshape; other sizes take one
+    ``narrow`` per bin. Static shapes, so it exports anywhere; the backward of the slices, reshapes
+    and reductions used here is deterministic on every device.
+    """
     for a, o in enumerate(out):
         axis = 2 + a
-        size = int(x.shape[axis])
+        size = int(ts[0].shape[axis])
         regular = adaptive_window(size, o)
         if regular is not None and regular.kernel == regular.stride:
-            shape = (*x.shape[:axis], o, regular.kernel, *x.shape[axis + 1 :])
-            x = x.reshape(shape)
-            x = x.amax(dim=axis + 1) if reduce == "max" else x.mean(dim=axis + 1)
+            tiles = tuple(t.reshape(*t.shape[:axis], o, regular.kernel, *t.shape[axis + 1 :]) for t in ts)
+            ts = tuple(r.squeeze(axis + 1) for r in reduce(tiles, axis + 1))
             continue
         starts, stops = adaptive_bins(size, o)
-        parts = []
-        for s, e in zip(starts.tolist(), stops.tolist()):
-            piece = x.narrow(axis, s, e - s)
-            parts.append(
-                piece.amax(dim=axis, keepdim=True) if reduce == "max" else piece.mean(dim=axis, keepdim=True)
-            )
-        x = torch.cat(parts, dim=axis)
-    return x
+        parts = [
+            reduce(tuple(t.narrow(axis, s, e - s) for t in ts), axis)
+            for s, e in zip(starts.tolist(), stops.tolist())
+        ]
+        ts = tuple(torch.cat(list(col), dim=axis) for col in zip(*parts))
+    return ts
+
+
+def _mean(pieces: tuple[torch.Tensor, ...], dim: int) -> tuple[torch.Tensor, ...]:
+    return (pieces[0].mean(dim=dim, keepdim=True),)
+
+
+def _first_max(pieces: tuple[torch.Tensor, ...], dim: int) -> tuple[torch.Tensor, ...]:
+    """The winner of each piece along ``dim``: ``(value, position)`` pairs, picked by :func:`first_max`."""
+    i = first_max(pieces[0], dim)
+    return tuple(t.gather(dim, i) for t in pieces)
+
+
+def _positions(x: torch.Tensor) -> torch.Tensor:
+    """Each element's flat index in its ``(n, c)`` plane (PyTorch's index format), shaped like ``x``."""
+    spatial = x.shape[2:]
+    return (
+        torch.arange(math.prod(spatial), device=x.device).reshape(1, 1, *spatial).expand(x.shape).contiguous()
+    )
+
+
+def _gather_winners(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The values of ``x`` at the flat plane positions ``pos``: the gradient goes to each winner alone."""
+    return x.flatten(2).gather(2, pos.flatten(2)).reshape(pos.shape)
+
+
+def _bins_max(x: torch.Tensor, out: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive max pooling on static slices, values and indices as PyTorch's kernels give them.
+
+    Each bin's winner (the last NaN, else the first maximum in row-major order) is found axis by
+    axis, which picks the same element as the kernels' row-major scan; ties never split.
+    """
+    _, pos = _bins_reduce((x.detach(), _positions(x)), out, _first_max)
+    return _gather_winners(x, pos), pos
 
 
 def adaptive_max_pool(
@@ -77,7 +127,8 @@ def adaptive_max_pool(
     """Adaptive max pooling (see :func:`poolkit.ops.adaptive_max_pool`).
 
     Native kernels in eager mode; under ONNX export a bin-by-bin form that
-    exports for sizes that do not divide the input (pytorch#42653, #64806).
+    exports for sizes that do not divide the input (pytorch#42653, #64806),
+    which is also the portable path (same values, indices and gradients).
 
     Examples
     --------
@@ -104,12 +155,11 @@ def _adaptive_max_pool(
     p = prepare(x, op=op, nd=nd, data_format=data_format)
     out = adaptive_output_size(op, p.spatial, output_size)
     return_indices = check_bool(op, "return_indices", return_indices)
-    if _exporting() and not return_indices:
-        return p.to_user(_bins_reduce(p.x, out, "max"))
-    res = _AMAX[nd](p.x, out, return_indices)
-    if return_indices:
-        return p.to_user(res[0]), p.to_user(res[1])
-    return p.to_user(res)
+    if portable(p.x) or (_exporting() and not return_indices):
+        y, idx = _bins_max(p.x, out)
+    else:
+        y, idx = _AMAX[nd](p.x, out, True)
+    return (p.to_user(y), p.to_user(idx)) if return_indices else p.to_user(y)
 
 
 def adaptive_avg_pool(
@@ -138,10 +188,9 @@ def _adaptive_avg_pool(
     nd = nd_of(op, x, ndim, output_size)
     p = prepare(x, op=op, nd=nd, data_format=data_format)
     out = adaptive_output_size(op, p.spatial, output_size)
-    if _exporting():
-        return p.to_user(_bins_reduce(p.x, out, "avg"))
-    xc = p.x.float() if p.x.dtype in (torch.float16, torch.bfloat16) and p.x.device.type == "cpu" else p.x
-    return p.to_user(_AAVG[nd](xc, out).to(p.dtype))
+    xc = upcast(p.x, cpu_only=True)
+    y = _bins_reduce((xc,), out, _mean)[0] if _exporting() or portable(xc) else _AAVG[nd](xc, out)
+    return p.to_user(y.to(p.dtype))
 
 
 def global_max_pool(
@@ -173,14 +222,9 @@ def _global(
     p = prepare(x, op=op, nd=nd, data_format=data_format, allow_unbatched=False)
     flat = p.x.flatten(2)
     if kind == "avg":
-        xc = (
-            flat.float()
-            if flat.dtype in (torch.float16, torch.bfloat16) and flat.device.type == "cpu"
-            else flat
-        )
-        y = xc.mean(dim=2).to(p.dtype)
+        y = upcast(flat, cpu_only=True).mean(dim=2).to(p.dtype)
     else:  # adaptive max to 1: PyTorch's first-maximum rule (amax would split ties)
-        y = F.adaptive_max_pool1d(flat, 1).squeeze(2)
+        y = (_bins_max(flat, (1,))[0] if portable(flat) else F.adaptive_max_pool1d(flat, 1)).squeeze(2)
     if keepdims:
         y = y.reshape(*y.shape, *([1] * nd))
         return p.to_user(y)
@@ -249,17 +293,18 @@ def _fractional_max_pool(
             raise PoolingInputError(
                 f"{op}: samples must have shape (N, C, {nd}) = {(n, c, nd)}, got {tuple(u.shape)}."
             )
-    if _exporting() and not return_indices:  # ONNX has no fractional pooling: gather the windows
-        return p.to_user(_fractional_gather(p.x, k, out, u))
-    xin = p.x
-    if nd == 1:  # PyTorch has 2-D and 3-D kernels: a 1-D pool is a 2-D pool over a size-1 height
-        xin = xin.unsqueeze(2)
-        k, out = (1, *k), (1, *out)
-        u = torch.cat([u, torch.zeros_like(u)], dim=2)  # sample 0 drives the width in 2-D
-    fn = F.fractional_max_pool2d if xin.dim() == 4 else F.fractional_max_pool3d
-    y, idx = fn(xin, k, output_size=out, return_indices=True, _random_samples=u)
-    if nd == 1:
-        y, idx = y.squeeze(2), idx.squeeze(2)
+    if portable(p.x) or (_exporting() and not return_indices):  # ONNX has no fractional pooling
+        y, idx = _fractional_gather(p.x, k, out, u)
+    else:
+        xin = p.x
+        if nd == 1:  # PyTorch has 2-D and 3-D kernels: a 1-D pool is a 2-D pool over a size-1 height
+            xin = xin.unsqueeze(2)
+            k, out = (1, *k), (1, *out)
+            u = torch.cat([u, torch.zeros_like(u)], dim=2)  # sample 0 drives the width in 2-D
+        fn = F.fractional_max_pool2d if xin.dim() == 4 else F.fractional_max_pool3d
+        y, idx = fn(xin, k, output_size=out, return_indices=True, _random_samples=u)
+        if nd == 1:
+            y, idx = y.squeeze(2), idx.squeeze(2)
     if return_indices:
         return p.to_user(y), p.to_user(idx)
     return p.to_user(y)
@@ -278,25 +323,33 @@ def _fractional_starts(size: int, out: int, kernel: int, u: torch.Tensor) -> tor
 
 def _fractional_gather(
     x: torch.Tensor, k: tuple[int, ...], out: tuple[int, ...], u: torch.Tensor
-) -> torch.Tensor:
-    """Fractional max pooling as gathers (exportable): one max over ``k`` taps per axis."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fractional max pooling as gathers (exportable, deterministic backward): values and indices as
+    PyTorch's kernels give them.
+
+    Axis by axis, the ``k`` taps of every window are gathered and the winner picked by
+    :func:`first_max` (the last NaN, else the first maximum), carrying its plane position.
+    """
     nd = len(k)
+    v, pos = x.detach(), _positions(x)
     for j in range(nd):
         axis = 2 + j
         sample = nd - 1 - j if nd == 2 else j  # PyTorch's order of _random_samples
-        starts = _fractional_starts(int(x.shape[axis]), out[j], k[j], u[:, :, sample])
-        shape = [x.shape[0], x.shape[1]] + [1] * nd
+        starts = _fractional_starts(int(v.shape[axis]), out[j], k[j], u[:, :, sample])
+        shape = [v.shape[0], v.shape[1]] + [1] * nd
         shape[axis] = out[j]
-        starts = starts.reshape(shape)
-        full = list(x.shape)
+        full = list(v.shape)
         full[axis] = out[j]
-        best = None
-        for t in range(k[j]):
-            v = torch.gather(x, axis, (starts + t).expand(full))
-            best = v if best is None else torch.maximum(best, v)
-        assert best is not None
-        x = best
-    return x
+        at = [(starts.reshape(shape) + t).expand(full) for t in range(k[j])]
+        v, pos = _first_max(
+            (
+                torch.stack([v.gather(axis, i) for i in at], -1),
+                torch.stack([pos.gather(axis, i) for i in at], -1),
+            ),
+            -1,
+        )
+        v, pos = v.squeeze(-1), pos.squeeze(-1)
+    return _gather_winners(x, pos), pos
 
 
 # --------------------------------------------------------------------------- unpool

@@ -13,11 +13,12 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..._validate import check_bool, check_choice, check_int, check_real
-from ...geometry import WindowSpec, window_spec
-from .._core import aliases, divisor, nd_of, pad_to_windows, prepare, window_sum
+from ...errors import PoolingConfigError
+from ...geometry import WindowSpec
+from .._core import aliases, crop_output, divisor, pad_to_windows, portable, upcast, windowed
+from .._taps import AVG_POOL, MAX_POOL, window_max, window_sum
 
 __all__ = [
     "max_pool",
@@ -34,9 +35,6 @@ __all__ = [
     "lp_pool3d",
 ]
 
-_MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
-_AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
-
 
 def _native_padding(spec: WindowSpec) -> tuple[int, ...] | None:
     """Symmetric padding PyTorch's kernels accept (at most half the undilated kernel), else None."""
@@ -46,12 +44,6 @@ def _native_padding(spec: WindowSpec) -> tuple[int, ...] | None:
             return None
         pads.append(ax.pad_lo)
     return tuple(pads)
-
-
-def _crop(y: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
-    if tuple(y.shape[2:]) == spec.output_size:
-        return y
-    return y[(slice(None), slice(None), *(slice(0, o) for o in spec.output_size))]
 
 
 def _unpad_indices(idx: torch.Tensor, spec: WindowSpec, padded: tuple[int, ...]) -> torch.Tensor:
@@ -139,20 +131,16 @@ def _max_pool(
     ndim: int | None = None,
     op: str = "max_pool",
 ) -> Any:
-    nd = nd_of(op, x, ndim, kernel_size, stride, dilation)
-    p = prepare(x, op=op, nd=nd, data_format=data_format)
-    spec = window_spec(p.spatial, kernel_size, stride, padding, dilation, ceil_mode, op=op)
+    p, spec = windowed(op, x, ndim, kernel_size, stride, padding, ceil_mode, data_format, dilation)
     return_indices = check_bool(op, "return_indices", return_indices)
     index_format = check_choice(op, "index_format", index_format, ("torch", "tf"))
     include_batch_in_index = check_bool(op, "include_batch_in_index", include_batch_in_index)
     if include_batch_in_index and index_format != "tf":
-        from ...errors import PoolingConfigError
-
         raise PoolingConfigError(
             f"{op}: include_batch_in_index=True needs index_format='tf'; PyTorch indices are always per "
             f"(n, c) plane."
         )
-    native = _MAX[nd]
+    native = MAX_POOL[p.nd]
     pads = _native_padding(spec)
     if pads is not None:
         out = native(p.x, spec.kernel_size, spec.stride, pads, spec.dilation, spec.ceil_mode, return_indices)
@@ -161,9 +149,9 @@ def _max_pool(
         xp = pad_to_windows(p.x, spec, float("-inf"))
         out = native(xp, spec.kernel_size, spec.stride, 0, spec.dilation, False, return_indices)
         y, idx = out if return_indices else (out, None)
-        y = _crop(y, spec)
+        y = crop_output(y, spec)
         if idx is not None:
-            idx = _unpad_indices(_crop(idx, spec), spec, tuple(xp.shape[2:]))
+            idx = _unpad_indices(crop_output(idx, spec), spec, tuple(xp.shape[2:]))
     if idx is None:
         return p.to_user(y)
     if index_format == "tf":
@@ -228,25 +216,25 @@ def _avg_pool(
     ndim: int | None = None,
     op: str = "avg_pool",
 ) -> torch.Tensor:
-    nd = nd_of(op, x, ndim, kernel_size, stride, dilation)
-    p = prepare(x, op=op, nd=nd, data_format=data_format)
-    spec = window_spec(p.spatial, kernel_size, stride, padding, dilation, ceil_mode, op=op)
+    p, spec = windowed(op, x, ndim, kernel_size, stride, padding, ceil_mode, data_format, dilation)
     include = check_bool(op, "count_include_pad", count_include_pad)
     if divisor_override is not None:
         divisor_override = check_int(op, "divisor_override", divisor_override, 1)
+    nd = p.nd
+    xc = upcast(p.x, cpu_only=True)
     pads = _native_padding(spec)
     native_ok = (
         pads is not None
         and all(ax.dilation == 1 for ax in spec.axes)
         and not (nd == 1 and divisor_override is not None)
-        and not (nd == 3 and any(ax.size < ax.kernel for ax in spec.axes))  # avg_pool3d's extra check
+        # avg_pool3d's extra check, and its CUDA backward, which has no deterministic version
+        and not (nd == 3 and (any(ax.size < ax.kernel for ax in spec.axes) or portable(xc)))
     )
-    xc = p.x.float() if p.x.dtype in (torch.float16, torch.bfloat16) and p.x.device.type == "cpu" else p.x
     if native_ok:
         args: tuple[Any, ...] = (spec.kernel_size, spec.stride, pads, spec.ceil_mode, include)
         if nd > 1:
             args += (divisor_override,)
-        y = _AVG[nd](xc, *args)
+        y = AVG_POOL[nd](xc, *args)
     else:
         s = window_sum(xc, spec)
         y = s / divisor_override if divisor_override is not None else s / divisor(spec, include, s)
@@ -307,14 +295,10 @@ def _lp_pool(
     op: str = "lp_pool",
 ) -> torch.Tensor:
     pw = check_real(op, "norm_type", norm_type, low=0.0, low_inclusive=False, allow_inf=True)
-    nd = nd_of(op, x, ndim, kernel_size, stride, dilation)
-    p = prepare(x, op=op, nd=nd, data_format=data_format)
-    spec = window_spec(p.spatial, kernel_size, stride, padding, dilation, ceil_mode, op=op)
+    p, spec = windowed(op, x, ndim, kernel_size, stride, padding, ceil_mode, data_format, dilation)
     if math.isinf(pw):
-        xp = pad_to_windows(p.x.abs(), spec, float("-inf"))
-        y = _MAX[nd](xp, spec.kernel_size, spec.stride, 0, spec.dilation, False)
-        return p.to_user(_crop(y, spec))
-    xc = p.x.float() if p.x.dtype in (torch.float16, torch.bfloat16) and p.x.device.type == "cpu" else p.x
+        return p.to_user(window_max(p.x.abs(), spec))
+    xc = upcast(p.x, cpu_only=True)
     if pw == 1.0:
         a = xc.abs()
     elif pw == 2.0:

@@ -12,20 +12,30 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..._validate import check_bool, check_real
 from ...errors import PoolingConfigError, PoolingInputError
-from ...geometry import WindowSpec, window_spec
+from ...geometry import WindowSpec
 from ...ops._filters import check_filters
 from ...ops.dpp import _param as _check_dpp_param
 from ...ops.tree import _check_tree
-from .._core import aliases, nd_of, pad_to_windows, param_tensor, prepare, tap_views
+from .._core import (
+    Shaped,
+    aliases,
+    divisor,
+    needs_grad,
+    pad_to_windows,
+    param_tensor,
+    real_tensor,
+    upcast,
+    windowed,
+)
+from .._taps import TapAdjoint, tap_index, tap_views
 from .classic import _avg_pool, _max_pool
-from .stochastic import _needs_grad, compute_dtype, tap_buffer
 
 __all__ = [
     "gated_pool",
@@ -46,21 +56,9 @@ __all__ = [
 # --------------------------------------------------------------------------- shared pieces
 
 
-def _real_tensor(op: str, name: str, value: torch.Tensor) -> None:
-    if value.is_complex() or value.dtype == torch.bool:
-        raise PoolingInputError(
-            f"{op}: {name} must be a real-valued tensor, got dtype {value.dtype}. Convert with "
-            f"{name}.float()."
-        )
-
-
-class _Shape(NamedTuple):
-    shape: tuple[int, ...]
-
-
 def _filters(
     op: str, name: str, value: Any, kernel: tuple[int, ...], c: int, like: torch.Tensor, lead: str | None
-) -> tuple[torch.Tensor, _Shape]:
+) -> tuple[torch.Tensor, Shaped]:
     """A filter argument as ``(J, Cw, K)`` (Cw: 1 shared, or C) in ``like``'s dtype, and its shape.
 
     The NumPy reference's checks and messages (:func:`poolkit.ops._filters.check_filters`), in
@@ -71,7 +69,7 @@ def _filters(
         value = torch.as_tensor(np.asarray(value), dtype=like.dtype, device=like.device)
         per_channel = info.per_channel
     else:
-        _real_tensor(op, name, value)
+        real_tensor(op, name, value)
         shape = tuple(value.shape)
         nl = 0 if lead is None else 1
         per_channel = len(shape) == nl + len(kernel) + 1
@@ -90,7 +88,7 @@ def _filters(
             )
         value = param_tensor(value, like)
     j = 1 if lead is None else int(value.shape[0])
-    return value.reshape(j, c if per_channel else 1, math.prod(kernel)), _Shape(tuple(value.shape))
+    return value.reshape(j, c if per_channel else 1, math.prod(kernel)), Shaped(tuple(value.shape))
 
 
 def _dots(xp: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
@@ -98,7 +96,7 @@ def _dots(xp: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
     j, cw, k = w.shape
     wb = w.reshape(j, 1, cw, *[1] * spec.ndim, k)
     r = torch.zeros((j, *xp.shape[:2], *spec.output_size), dtype=xp.dtype, device=xp.device)
-    for t, (_, v) in enumerate(tap_views(xp, spec)):
+    for t, v in enumerate(tap_views(xp, spec)):
         r = r + wb[..., t] * v
     return r
 
@@ -121,18 +119,18 @@ class _WindowDots(torch.autograd.Function):
         wb = w.reshape(j, 1, cw, *[1] * spec.ndim, k)
         dims = (1, *range(3, 3 + spec.ndim))  # batch and space: the weight gradient is per channel
         gw = []
-        buf = tap_buffer(xp, spec)
-        for t, ((_, v), (_, gv)) in enumerate(zip(tap_views(xp, spec), tap_views(buf, spec))):
-            gv.add_((gr * wb[..., t]).sum(0))
+        acc = TapAdjoint(spec, xp)
+        for t, (idx, v) in enumerate(zip(tap_index(spec), tap_views(xp, spec))):
+            acc.add(idx, (gr * wb[..., t]).sum(0))
             gw.append((gr * v).sum(dim=dims))
         g = torch.stack(gw, dim=-1)  # (J, C, K)
         if cw == 1:
             g = g.sum(dim=1, keepdim=True)
-        return buf, g, None
+        return acc.padded, g, None
 
 
 def _window_dots(xp: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
-    return _WindowDots.apply(xp, w, spec) if _needs_grad(xp, w) else _dots(xp, w, spec)
+    return _WindowDots.apply(xp, w, spec) if needs_grad(xp, w) else _dots(xp, w, spec)
 
 
 class _Gate(torch.autograd.Function):
@@ -152,7 +150,7 @@ class _Gate(torch.autograd.Function):
 
 
 def _gate(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if _needs_grad(z):
+    if needs_grad(z):
         return _Gate.apply(z)
     return torch.sigmoid(z), torch.sigmoid(-z)
 
@@ -207,10 +205,9 @@ def _gated_pool(
     ndim: int | None = None,
     op: str = "gated_pool",
 ) -> torch.Tensor:
-    nd = nd_of(op, x, ndim, kernel_size, stride)
-    p = prepare(x, op=op, nd=nd, data_format=data_format)
-    spec = window_spec(p.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
-    xc = compute_dtype(p.x)
+    p, spec = windowed(op, x, ndim, kernel_size, stride, padding, ceil_mode, data_format)
+    nd = p.nd
+    xc = upcast(p.x)
     w, _ = _filters(op, "weight", weight, spec.kernel_size, xc.shape[1], xc, None)
     z = _window_dots(pad_to_windows(xc, spec, 0.0), w, spec)[0]
     mx = _max_pool(xc, kernel_size, stride, padding, 1, ceil_mode, ndim=nd, op=op)
@@ -273,10 +270,8 @@ def _tree_pool(
     ndim: int | None = None,
     op: str = "tree_pool",
 ) -> torch.Tensor:
-    nd = nd_of(op, x, ndim, kernel_size, stride)
-    p = prepare(x, op=op, nd=nd, data_format=data_format)
-    spec = window_spec(p.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
-    xc = compute_dtype(p.x)
+    p, spec = windowed(op, x, ndim, kernel_size, stride, padding, ceil_mode, data_format)
+    xc = upcast(p.x)
     c = xc.shape[1]
     wl, fl = _filters(op, "leaves", leaves, spec.kernel_size, c, xc, "L")
     wg, fg = _filters(op, "gates", gates, spec.kernel_size, c, xc, "L - 1")
@@ -355,7 +350,7 @@ def _dpp_param(op: str, name: str, value: Any, c: int, like: torch.Tensor) -> to
     """``alpha``/``lam`` as ``(1, 1 or C, 1, ...)`` in ``like``'s dtype; the NumPy reference's checks
     (values only for floats and arrays: a tensor's stay on its device)."""
     if isinstance(value, torch.Tensor):
-        _real_tensor(op, name, value)
+        real_tensor(op, name, value)
         if tuple(value.shape) not in ((), (c,)):
             raise PoolingInputError(
                 f"{op}: {name} must be a scalar (one per layer) or shaped (C,) = ({c},) (one per "
@@ -381,25 +376,18 @@ class _Geometry:
 
     def __init__(self, spec: WindowSpec, like: torch.Tensor, eps: float, asym: bool) -> None:
         self.spec, self.asym = spec, asym
-        dev = like.device
-        # Tap k of output o reads input o * stride + k - pad_lo: inside the input, or padding.
-        inside = [
-            [[0 <= o * ax.stride + k - ax.pad_lo < ax.size for o in range(ax.out)] for k in range(ax.kernel)]
-            for ax in spec.axes
-        ]
         per_axis: list[list[torch.Tensor | None]] = []
-        counts = torch.ones(spec.output_size, dtype=like.dtype, device=dev)
         for j, ax in enumerate(spec.axes):
-            shape = [1] * spec.ndim
-            shape[j] = ax.out
+            shape = [1] * (2 + spec.ndim)
+            shape[2 + j] = ax.out
+            o = torch.arange(ax.out, device=like.device).reshape(shape)
+            # tap k reads the input for outputs [o_lo, o_hi) and padding elsewhere
             per_axis.append(
                 [
-                    None if all(ok) else torch.tensor(ok, dtype=like.dtype, device=dev).reshape(1, 1, *shape)
-                    for ok in inside[j]
+                    None if (o_lo, o_hi) == (0, ax.out) else ((o >= o_lo) & (o < o_hi)).to(like.dtype)
+                    for o_lo, o_hi, _ in ax.taps
                 ]
             )
-            count = [sum(inside[j][k][o] for k in range(ax.kernel)) for o in range(ax.out)]
-            counts = counts * torch.tensor(count, dtype=like.dtype, device=dev).reshape(shape)
         self.valid: list[torch.Tensor | None] = []  # per tap, row-major; None: every window holds it
         for k in itertools.product(*(range(ax.kernel) for ax in spec.axes)):
             m = None
@@ -408,7 +396,7 @@ class _Geometry:
                 if mj is not None:
                     m = mj if m is None else m * mj
             self.valid.append(m)
-        self.inv = (1.0 / counts).reshape(1, 1, *spec.output_size)  # 1 / taps inside the input
+        self.inv = 1.0 / divisor(spec, False, like)  # 1 / taps inside the input
         info = torch.finfo(like.dtype)
         self.big = float(info.max) / 4
         self.eps2 = min(max(eps * eps, float(info.tiny)), self.big)
@@ -434,7 +422,7 @@ def _dpp_core(
     """``D``, the log of each window's largest weight (given, or the max over its taps), the sum of
     the weights divided by it, and the tap views. ``la = log(alpha)``, ``hl = lam / 2``."""
     spec = geo.spec
-    views = [v for _, v in tap_views(xp, spec)]
+    views = tap_views(xp, spec)
     m = torch.zeros((*xp.shape[:2], *spec.output_size), dtype=xp.dtype, device=xp.device)
     for v in views:
         m = m + v  # padding is 0: the sum of the taps inside the input
@@ -480,7 +468,7 @@ def _dpp_vjp(
     """The NumPy reference's backward in torch ops (scaled by the largest weight throughout)."""
     spec = geo.spec
     hl = lam / 2
-    views = [v for _, v in tap_views(xp, spec)]
+    views = tap_views(xp, spec)
     m = torch.zeros_like(g)
     for v in views:
         m = m + v
@@ -489,8 +477,8 @@ def _dpp_vjp(
     ea = torch.exp(torch.log(alpha) - lmax)
     gm = torch.zeros_like(g)  # the gradient reaching Itilde
     gl = torch.zeros_like(g)
-    buf = tap_buffer(xp, spec)
-    for v, ok, (_, gv) in zip(views, geo.valid, tap_views(buf, spec)):
+    acc = TapAdjoint(spec, xp)
+    for idx, v, ok in zip(tap_index(spec), views, geo.valid):
         d, q = geo.deviation(v, m)
         h = torch.log(q)  # 2 log sqrt(d^2 + eps^2)
         e = h * hl - lmax
@@ -499,14 +487,14 @@ def _dpp_vjp(
         beta = (v - y) * gs * r  # beta_q rho_q (scaled)
         gl = gl + h * beta
         dd = d / q * lam * beta  # beta_q rho'(d_q) = beta_q rho_q lam d / (d^2 + eps^2)
-        gv.add_(w * gs + dd)  # g w_q / S (I[q] as the weighted value) and rho's own term
+        acc.add(idx, w * gs + dd)  # g w_q / S (I[q] as the weighted value) and rho's own term
         gm = gm - dd
     gm = gm * geo.inv
-    for ok, (_, gv) in zip(geo.valid, tap_views(buf, spec)):
-        gv.add_(gm if ok is None else gm * ok)
+    for idx, ok in zip(tap_index(spec), geo.valid):
+        acc.add(idx, gm if ok is None else gm * ok)
     # dD/dalpha = sum_q (I[q] - D) / S = count (Itilde - D) / S, S unscaled
     ga = (m - y) * gs / geo.inv * torch.exp(-lmax)
-    return buf, _reduce_param(ga, alpha), _reduce_param(gl, lam) / 2
+    return acc.padded, _reduce_param(ga, alpha), _reduce_param(gl, lam) / 2
 
 
 class _DPP(torch.autograd.Function):
@@ -545,18 +533,16 @@ def _dpp_pool(
     ndim: int | None = None,
     op: str = "dpp_pool",
 ) -> torch.Tensor:
-    nd = nd_of(op, x, ndim, kernel_size, stride)
-    p = prepare(x, op=op, nd=nd, data_format=data_format)
-    spec = window_spec(p.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
+    p, spec = windowed(op, x, ndim, kernel_size, stride, padding, ceil_mode, data_format)
     asym = check_bool(op, "asymmetric", asymmetric)
     eps = check_real(op, "eps", eps, low=0.0, low_inclusive=False)
-    xc = compute_dtype(p.x)
+    xc = upcast(p.x)
     c = xc.shape[1]
     a = _dpp_param(op, "alpha", alpha, c, xc)
     lm = _dpp_param(op, "lam", lam, c, xc)
     geo = _Geometry(spec, xc, eps, asym)
     xp = pad_to_windows(xc, spec, 0.0)
-    if _needs_grad(xp, a, lm):
+    if needs_grad(xp, a, lm):
         y = _DPP.apply(xp, a, lm, geo)
     else:
         y = _dpp_core(xp, torch.log(a), lm / 2, geo)[0]

@@ -13,18 +13,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 
-from ..._validate import check_choice, int_tuple
-from ...errors import PoolingConfigError, PoolingInputError
+from ..._validate import check_choice
+from ...errors import PoolingInputError
 from ...geometry import AxisWindow, WindowSpec, adaptive_output_size, window_spec
-from ...ops.blur import MAX_FILT, PAD_MODES, binomial_filter
+from ...ops.blur import _plan_blur, _source
 from ...ops.wavelet import WAVELETS
-from .._core import aliases, nd_of, pad_pairs, pad_to_windows, prepare, tap_views
-from .classic import _max_pool
-from .smooth import TapAdjoint, compute_dtype, needs_grad, tap_counts, taps
+from .._core import (
+    aliases,
+    divisor,
+    nd_of,
+    needs_grad,
+    pad_pairs,
+    pad_to_windows,
+    portable,
+    prepare,
+    upcast,
+    windowed,
+)
+from .._taps import TapAdjoint, inside_mask, tap_views
+from .classic import _avg_pool, _max_pool
 
 __all__ = [
     "blur_pool",
@@ -53,38 +66,16 @@ __all__ = [
 # --------------------------------------------------------------------------- blur
 
 
+# What poolkit.ops.blur._plan_blur reads of its batch: the dtype of the weights and the layout.
+_FLOAT64 = SimpleNamespace(x=SimpleNamespace(dtype=np.dtype(np.float64)), channels_last=False)
+
+
 def blur_plan(
     op: str, spatial: Sequence[int], filt_size: Any, stride: Any, pad_mode: Any, padding: Any
 ) -> tuple[str, WindowSpec, tuple[tuple[float, ...], ...]]:
-    """The checks and geometry of :func:`poolkit.ops.blur_pool`: pad mode, windows, binomial weights."""
-    nd = len(spatial)
-    mode = check_choice(op, "pad_mode", pad_mode, PAD_MODES)
-    filt = int_tuple(op, "filt_size", filt_size, nd, 1)
-    for f in filt:
-        if f > MAX_FILT:
-            raise PoolingConfigError(
-                f"{op}: filt_size must be between 1 and {MAX_FILT} (the binomial filters of "
-                f"antialiased-cnns), got {f}. Pass filt_size=3, 5 or 7."
-            )
-    if isinstance(padding, str) and padding not in ("antialiased", "same", "valid"):
-        raise PoolingConfigError(
-            f"{op}: padding must be 'antialiased' (or None), an int, one int or (lo, hi) pair per "
-            f"axis, 'same' or 'valid', got {padding!r}."
-        )
-    if padding is None or padding == "antialiased":
-        padding = tuple(((f - 1) // 2, f // 2) for f in filt)
-    spec = window_spec(spatial, filt, stride, padding, 1, False, op=op)
-    weights = tuple(tuple(float(v) for v in binomial_filter(f)) for f in filt)
-    return mode, spec, weights
-
-
-def _source(m: int, n: int, mode: str) -> int:
-    """Input sample that padded position ``m`` (outside ``[0, n)``) copies: ``numpy.pad``'s rule."""
-    if mode == "replicate" or n == 1:
-        return min(max(m, 0), n - 1)
-    period = 2 * (n - 1)  # reflection repeated as often as the padding needs
-    r = m % period
-    return r if r < n else period - r
+    """:func:`poolkit.ops.blur_pool`'s own checks, geometry and binomial weights: pad mode, windows, weights."""
+    plan = _plan_blur(op, spatial, filt_size, stride, pad_mode, padding, _FLOAT64)  # type: ignore[arg-type]
+    return plan.mode, plan.spec, tuple(tuple(float(v) for v in w) for w in plan.weights)
 
 
 def _pad_axis(a: torch.Tensor, axis: int, ax: AxisWindow, mode: str) -> torch.Tensor:
@@ -115,13 +106,42 @@ def _weighted_pass(a: torch.Tensor, axis: int, ax: AxisWindow, w: tuple[float, .
     return y
 
 
+_CONV = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}
+
+
 def _blur(
     x: torch.Tensor, mode: str, spec: WindowSpec, weights: tuple[tuple[float, ...], ...]
 ) -> torch.Tensor:
-    for j in reversed(range(spec.ndim)):
-        ax = spec.axes[j]
-        x = _weighted_pass(_pad_axis(x, 2 + j, ax, mode), 2 + j, ax, weights[j])
-    return x
+    """Pad every axis, then one depthwise strided convolution with the filter (outer product).
+
+    The convolution is the fastest formulation on every device (as antialiased-cnns' own) and its
+    backward is deterministic; the separable passes are kept for empty shapes. Reflection and
+    replication use PyTorch's padding (one copy) except on portable calls, whose CUDA backward
+    would need atomics: those copy the samples with ``cat``.
+    """
+    nd, c = spec.ndim, x.shape[1]
+    pads = [p for ax in reversed(spec.axes) for p in (ax.pad_lo, ax.pad_hi)]
+    native = mode in ("reflect", "replicate") and any(pads) and not portable(x)
+    if native and mode == "reflect":  # PyTorch reflects at most size - 1 (NumPy's rule repeats)
+        native = all(max(ax.pad_lo, ax.pad_hi) < ax.size for ax in spec.axes)
+    if native:  # one copy; its CUDA backward (atomics) is avoided on portable calls
+        x = torch.nn.functional.pad(x, pads, mode=mode)
+    else:
+        for j in range(nd):
+            x = _pad_axis(x, 2 + j, spec.axes[j], mode)
+    if c == 0 or x.shape[0] == 0:
+        for j in reversed(range(nd)):
+            x = _weighted_pass(x, 2 + j, spec.axes[j], weights[j])
+        return x
+    kernel = torch.ones((), dtype=x.dtype, device=x.device)
+    for w in weights:
+        kernel = kernel[..., None] * torch.tensor(w, dtype=x.dtype, device=x.device)
+    kernel = kernel.expand(c, 1, *kernel.shape).contiguous()
+    y = _CONV[nd](x, kernel, stride=spec.stride, groups=c)
+    for j, ax in enumerate(spec.axes):
+        if y.shape[2 + j] != ax.out:
+            y = y.narrow(2 + j, 0, ax.out)
+    return y
 
 
 def blur_pool(
@@ -167,7 +187,7 @@ def _blur_pool(
     nd = nd_of(op, x, ndim, filt_size, stride)
     pr = prepare(x, op=op, nd=nd, data_format=data_format)
     mode, spec, weights = blur_plan(op, pr.spatial, filt_size, stride, pad_mode, padding)
-    return pr.to_user(_blur(compute_dtype(pr.x), mode, spec, weights).to(pr.dtype))
+    return pr.to_user(_blur(upcast(pr.x), mode, spec, weights).to(pr.dtype))
 
 
 def max_blur_pool(
@@ -228,7 +248,7 @@ def _max_blur_pool(
     mode, spec, weights = blur_plan(
         op, tuple(int(n) for n in m.shape[2:]), filt_size, stride, pad_mode, padding
     )
-    return pr.to_user(_blur(compute_dtype(m), mode, spec, weights).to(pr.dtype))
+    return pr.to_user(_blur(upcast(m), mode, spec, weights).to(pr.dtype))
 
 
 # --------------------------------------------------------------------------- spectral
@@ -288,7 +308,7 @@ def _spectral_pool(
                 f"{axis} ({m} > {n}); spectral pooling only drops frequencies. Use output_size <= "
                 f"the input size on every axis (None keeps an axis)."
             )
-    y = compute_dtype(pr.x)
+    y = upcast(pr.x)
     axes = [j for j in reversed(range(nd)) if pr.spatial[j] != sizes[j]]  # m == n: the identity, exactly
     for j in axes:
         # an empty batch has nothing to transform (and MKL's FFT refuses it): keep the shape only
@@ -302,12 +322,6 @@ def _spectral_pool(
 
 
 # --------------------------------------------------------------------------- wavelet
-
-_AVG = {
-    1: torch.nn.functional.avg_pool1d,
-    2: torch.nn.functional.avg_pool2d,
-    3: torch.nn.functional.avg_pool3d,
-}
 
 
 def wavelet_pool(
@@ -345,11 +359,11 @@ def _wavelet_pool(
     nd = nd_of(op, x, ndim)
     pr = prepare(x, op=op, nd=nd, data_format=data_format)
     window_spec(pr.spatial, 2, 2, 0, 1, True, op=op)  # the reference's geometry and its input checks
-    y = compute_dtype(pr.x)
+    y = upcast(pr.x)
     for j, n in enumerate(pr.spatial):
         if n % 2:  # half-sample symmetric extension: the last sample once more
             y = torch.cat([y, y.narrow(2 + j, n - 1, 1)], dim=2 + j)
-    y = _AVG[nd](y, 2, 2) * (2.0 ** (nd / 2))
+    y = _avg_pool(y, 2, 2, ndim=nd, op=op) * (2.0 ** (nd / 2))
     return pr.to_user(y.to(pr.dtype))
 
 
@@ -388,14 +402,14 @@ def _median_rows(
 def _median_forward(
     x: torch.Tensor, spec: WindowSpec, need_arg: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    xp = pad_to_windows(x, spec, float("inf"))
-    views = [v for _, v in tap_views(xp, spec)]
+    views = tap_views(pad_to_windows(x, spec, float("inf")), spec)
     kernel = len(views)
     valid = rank = None
     if any(pad_pairs(spec)):  # border windows have fewer taps: rank (c - 1) // 2 of their c taps
-        ones = torch.ones((1, 1, *spec.input_size), dtype=torch.bool, device=x.device)
-        valid = [v for _, v in tap_views(pad_to_windows(ones, spec, False), spec)]
-        rank = (tap_counts(spec, torch.empty((), dtype=torch.int64, device=x.device)) - 1) // 2
+        valid = tap_views(
+            inside_mask(spec, torch.empty((), dtype=torch.bool, device=x.device), True, False), spec
+        )
+        rank = (divisor(spec, False, torch.empty((), dtype=torch.int64, device=x.device)) - 1) // 2
     out = spec.output_size
     per_row = int(x.shape[0]) * int(x.shape[1]) * math.prod(out[1:]) * kernel * x.element_size()
     step = max(1, _STACK_BYTES // max(per_row, 1))
@@ -412,10 +426,7 @@ def _median_forward(
 
 
 def _median_grad(g: torch.Tensor, arg: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
-    acc = TapAdjoint(spec, g)
-    for k, (idx, _) in enumerate(taps(spec)):
-        acc.add(idx, g * (arg == k))
-    return acc.result()
+    return TapAdjoint(spec, g).add_all(g * (arg == k) for k in range(math.prod(spec.kernel_size))).result()
 
 
 class _MedianFunction(torch.autograd.Function):
@@ -477,9 +488,7 @@ def _median_pool(
     ndim: int | None = None,
     op: str = "median_pool",
 ) -> torch.Tensor:
-    nd = nd_of(op, x, ndim, kernel_size, stride)
-    pr = prepare(x, op=op, nd=nd, data_format=data_format)
-    spec = window_spec(pr.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
+    pr, spec = windowed(op, x, ndim, kernel_size, stride, padding, ceil_mode, data_format)
     if needs_grad(pr.x):
         y = _MedianFunction.apply(pr.x, spec)
     else:

@@ -17,21 +17,29 @@ weights are exponentials and powers) and returned in the input dtype.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..._validate import check_bool, check_real
-from ...errors import PoolingConfigError, PoolingInputError
+from ...errors import PoolingInputError
 from ...geometry import WindowSpec, window_spec
-from ...ops._input import float_dtype_error, infer_ndim
-from ...ops._params import channel_param
+from ...ops._input import float_dtype_error
 from ...ops.gem import _P_HINT
 from ...ops.lse import _R_HINT
-from .._core import aliases, nd_of, pad_pairs, pad_to_windows, prepare, tap_views, window_sum
+from .._core import (
+    aliases,
+    channel_param,
+    divisor,
+    nd_of,
+    needs_grad,
+    pad_to_windows,
+    prepare,
+    upcast,
+    windowed,
+    zero_nonfinite,
+)
+from .._taps import TapAdjoint, tap_bias, taps, window_max, window_sum
 
 __all__ = [
     "gem_pool",
@@ -53,128 +61,7 @@ __all__ = [
     "lip_pool3d",
 ]
 
-_MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _INF = float("inf")
-
-
-# --------------------------------------------------------------------------- shared tap machinery
-
-
-def compute_dtype(x: torch.Tensor) -> torch.Tensor:
-    """float16/bfloat16 -> float32 (exponentials and powers lose too much in half precision)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def needs_grad(*tensors: Any) -> bool:
-    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
-
-
-def crop_output(y: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
-    if tuple(y.shape[2:]) == spec.output_size:
-        return y
-    return y[(slice(None), slice(None), *(slice(0, o) for o in spec.output_size))]
-
-
-def window_max(x: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
-    """Maximum over each window's taps inside the input (padding is -inf); NaN propagates."""
-    xp = pad_to_windows(x, spec, -_INF)
-    return crop_output(_MAX[spec.ndim](xp, spec.kernel_size, spec.stride), spec)
-
-
-def tap_bias(spec: WindowSpec, like: torch.Tensor) -> torch.Tensor | None:
-    """``(1, 1, *padded)``: 0 inside the input, -inf in padding and overhang (None without either).
-
-    Added to an exponent it gives padding taps a weight of exactly 0 without
-    a per-tap mask, whatever the padded value and the window maximum are.
-    """
-    if not any(pad_pairs(spec)):
-        return None
-    zeros = torch.zeros((1, 1, *spec.input_size), dtype=like.dtype, device=like.device)
-    return pad_to_windows(zeros, spec, -_INF)
-
-
-def taps(
-    spec: WindowSpec, *padded: torch.Tensor | None
-) -> Iterator[tuple[tuple[slice, ...], tuple[torch.Tensor | None, ...]]]:
-    """For each kernel offset: its index into a padded tensor and the strided view of each of ``padded``."""
-    views = [tap_views(t, spec) if t is not None else itertools.repeat((None, None)) for t in padded]
-    for k in itertools.product(*(range(ax.kernel) for ax in spec.axes)):
-        idx: list[slice] = [slice(None), slice(None)]
-        for a, ax in enumerate(spec.axes):
-            start = k[a] * ax.dilation
-            idx.append(slice(start, start + (ax.out - 1) * ax.stride + 1, ax.stride))
-        yield tuple(idx), tuple(next(v)[1] for v in views)  # type: ignore[call-overload]
-
-
-class TapAdjoint:
-    """The adjoint of :func:`taps`: output-shaped contributions summed into an input-shaped gradient.
-
-    Slice-adds into a padded buffer (deterministic: no scatter with repeated
-    targets), then the padding is cropped. Differentiable, for double backward.
-    ``like`` gives the batch and channel sizes, the dtype and the device.
-    """
-
-    def __init__(self, spec: WindowSpec, like: torch.Tensor) -> None:
-        self.spec = spec
-        padded = tuple(ax.size + ax.pad_lo + ax.pad_hi + ax.overhang for ax in spec.axes)
-        self.buf = torch.zeros((*like.shape[:2], *padded), dtype=like.dtype, device=like.device)
-
-    def add(self, idx: tuple[slice, ...], value: torch.Tensor) -> None:
-        self.buf[idx].add_(value)
-
-    def result(self) -> torch.Tensor:
-        crop = tuple(slice(ax.pad_lo, ax.pad_lo + ax.size) for ax in self.spec.axes)
-        return self.buf[(slice(None), slice(None), *crop)]
-
-
-def tap_counts(spec: WindowSpec, like: torch.Tensor) -> torch.Tensor:
-    """Taps inside the input per window, ``(1, 1, *out)`` in ``like``'s dtype (never 0).
-
-    :func:`poolkit.torch._core.divisor` in plain Python: ``torch.compile``
-    cannot trace the geometry's cached properties (their lock, Python 3.11).
-    """
-    total = None
-    for a, ax in enumerate(spec.axes):
-        counts = [
-            sum(1 for k in range(ax.kernel) if 0 <= o * ax.stride - ax.pad_lo + k * ax.dilation < ax.size)
-            for o in range(ax.out)
-        ]
-        shape = [1] * (2 + spec.ndim)
-        shape[2 + a] = ax.out
-        t = torch.tensor([max(c, 1) for c in counts], dtype=like.dtype, device=like.device).reshape(shape)
-        total = t if total is None else total * t
-    assert total is not None
-    return total
-
-
-def _finite(t: torch.Tensor) -> torch.Tensor:
-    return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _channel_param(op: str, name: str, value: Any, x: torch.Tensor, nd: int, hint: str) -> torch.Tensor:
-    """A learnable scalar-or-per-channel argument as a tensor broadcasting against ``(N, C, *out)``.
-
-    Floats and arrays are validated as the NumPy operator does (> 0, finite);
-    a tensor's values are not read (that would be a host sync), only its shape.
-    """
-    c = int(x.shape[1])
-    if isinstance(value, torch.Tensor):
-        if value.dtype == torch.bool or value.is_complex():
-            raise PoolingConfigError(
-                f"{op}: {name} must be a positive real number or a tensor of {c} of them (one per channel), "
-                f"got a {str(value.dtype).replace('torch.', '')} tensor."
-            )
-        if value.dim() != 0 and tuple(value.shape) != (c,):
-            raise PoolingInputError(
-                f"{op}: {name} must be a scalar or have shape ({c},) (one value per channel of x), got shape "
-                f"{tuple(value.shape)}. Pass one value, or one per channel."
-            )
-        t = value.to(device=x.device, dtype=x.dtype)
-    else:
-        param = channel_param(op, name, value, c, np.float64, hint)
-        data: Any = param.scalar if param.scalar is not None else param.value
-        t = torch.as_tensor(data, dtype=x.dtype, device=x.device)
-    return t if t.dim() == 0 else t.reshape(1, c, *[1] * nd)
 
 
 # --------------------------------------------------------------------------- GeM
@@ -188,14 +75,11 @@ class _Windows:
 
     def mean(self, t: torch.Tensor) -> torch.Tensor:
         s = window_sum(t, self.spec)
-        return s / tap_counts(self.spec, s)
+        return s / divisor(self.spec, False, s)
 
     def adjoint(self, w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        w = w / tap_counts(self.spec, w)
-        acc = TapAdjoint(self.spec, like)
-        for idx, _ in taps(self.spec):
-            acc.add(idx, w)
-        return acc.result()
+        w = w / divisor(self.spec, False, w)
+        return TapAdjoint(self.spec, like).add_all(itertools.repeat(w)).result()
 
 
 class _Plane:
@@ -239,7 +123,7 @@ class _GeMFunction(torch.autograd.Function):
         c = x.clamp(min=eps)
         gx = gp = None
         if ctx.needs_input_grad[0]:  # torch.clamp(min=eps) passes the gradient where x >= eps
-            gx = _finite(pool.adjoint(w, x) * c.pow(p - 1) * (x >= eps))
+            gx = zero_nonfinite(pool.adjoint(w, x) * c.pow(p - 1) * (x >= eps))
         if ctx.needs_input_grad[1]:  # dy/dp = (y / p) (mean(c^p log c) / mean(c^p) - log y)
             t = pool.mean(c.pow(p) * c.log())
             gpw = (t / mean - y.log()) * y / p * g
@@ -298,18 +182,11 @@ def _gem_pool(
     ndim: int | None = None,
     op: str = "gem_pool",
 ) -> torch.Tensor:
-    nd = nd_of(op, x, ndim, kernel_size, stride)
-    pr = prepare(x, op=op, nd=nd, data_format=data_format)
-    spec = window_spec(pr.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
-    xc = compute_dtype(pr.x)
-    pt = _channel_param(op, "p", p, xc, nd, _P_HINT)
+    pr, spec = windowed(op, x, ndim, kernel_size, stride, padding, ceil_mode, data_format)
+    xc = upcast(pr.x)
+    pt = channel_param(op, "p", p, xc, pr.nd, _P_HINT)
     e = check_real(op, "eps", eps, low=0.0, low_inclusive=False)
     return pr.to_user(_gem(xc, pt, e, _Windows(spec)).to(pr.dtype))
-
-
-class _Rank:
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self.shape, self.ndim = shape, len(shape)
 
 
 def global_gem_pool(
@@ -336,14 +213,12 @@ def global_gem_pool(
     """
     op = "global_gem_pool"
     keepdims = check_bool(op, "keepdims", keepdims)
-    if isinstance(x, torch.Tensor) and x.dim() < 3:
-        infer_ndim(op, _Rank(tuple(x.shape)), None, variants=False)  # raises the shared message
-    nd = nd_of(op, x, None)
+    nd = nd_of(op, x, None, variants=False)
     pr = prepare(x, op=op, nd=nd, data_format=data_format, allow_unbatched=False)
     if 0 in pr.spatial:
         raise PoolingInputError(f"{op} needs at least one spatial position, got spatial size {pr.spatial}.")
-    xc = compute_dtype(pr.x)
-    pt = _channel_param(op, "p", p, xc, nd, _P_HINT)
+    xc = upcast(pr.x)
+    pt = channel_param(op, "p", p, xc, nd, _P_HINT)
     e = check_real(op, "eps", eps, low=0.0, low_inclusive=False)
     y = _gem(xc, pt, e, _Plane(nd)).to(pr.dtype)
     if keepdims:
@@ -392,10 +267,10 @@ class _LSEFunction(torch.autograd.Function):
             e = torch.exp(u)
             a.addcmul_(e, u)
             acc.add(idx, e * scale)
-        gx = _finite(acc.result()) if ctx.needs_input_grad[0] else None
+        gx = zero_nonfinite(acc.result()) if ctx.needs_input_grad[0] else None
         gr = None
         if ctx.needs_input_grad[1]:  # dy/dr = (A / S - log(S / n)) / r^2
-            log_n = tap_counts(spec, s).log()
+            log_n = divisor(spec, False, s).log()
             gw = (a / s - s.log() + log_n) / r / r * g
             gr = torch.where(bad, torch.zeros_like(gw), gw).sum_to_size(r.shape)
         return gx, gr, None
@@ -408,7 +283,7 @@ def _lse_forward(
     bad = ~torch.isfinite(m_raw)
     m = torch.where(bad, torch.zeros_like(m_raw), m_raw)
     s = _lse_sums(x, r, spec, m)
-    log_n = tap_counts(spec, s).log()
+    log_n = divisor(spec, False, s).log()
     y = torch.where(bad, m_raw, (s.log() - log_n) / r + m)
     inf = torch.full_like(m, _INF)
     return y, torch.where(bad, inf, m), torch.where(bad, inf, s)
@@ -455,11 +330,9 @@ def _lse_pool(
     ndim: int | None = None,
     op: str = "lse_pool",
 ) -> torch.Tensor:
-    nd = nd_of(op, x, ndim, kernel_size, stride)
-    pr = prepare(x, op=op, nd=nd, data_format=data_format)
-    spec = window_spec(pr.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
-    xc = compute_dtype(pr.x)
-    rt = _channel_param(op, "r", r, xc, nd, _R_HINT)
+    pr, spec = windowed(op, x, ndim, kernel_size, stride, padding, ceil_mode, data_format)
+    xc = upcast(pr.x)
+    rt = channel_param(op, "r", r, xc, pr.nd, _R_HINT)
     if needs_grad(xc, rt):
         y = _LSEFunction.apply(xc, rt, spec)
     else:
@@ -520,7 +393,7 @@ class _SoftPoolFunction(torch.autograd.Function):
             u = xv - m
             w = torch.exp(u if bv is None else u + bv) * scale
             acc.add(idx, w * (xv - y + 1))
-        return _finite(acc.result()), None
+        return zero_nonfinite(acc.result()), None
 
 
 def soft_pool(
@@ -561,10 +434,8 @@ def _soft_pool(
     ndim: int | None = None,
     op: str = "soft_pool",
 ) -> torch.Tensor:
-    nd = nd_of(op, x, ndim, kernel_size, stride)
-    pr = prepare(x, op=op, nd=nd, data_format=data_format)
-    spec = window_spec(pr.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
-    xc = compute_dtype(pr.x)
+    pr, spec = windowed(op, x, ndim, kernel_size, stride, padding, ceil_mode, data_format)
+    xc = upcast(pr.x)
     if needs_grad(xc):
         y = _SoftPoolFunction.apply(xc, spec)
     else:
@@ -638,8 +509,8 @@ class _LIPFunction(torch.autograd.Function):
                 acc_x.add(idx, w)
             if acc_l is not None:
                 acc_l.add(idx, (xv - y0) * w)
-        gx = _finite(acc_x.result()) if acc_x is not None else None
-        gl = _finite(acc_l.result()) if acc_l is not None else None
+        gx = zero_nonfinite(acc_x.result()) if acc_x is not None else None
+        gl = zero_nonfinite(acc_l.result()) if acc_l is not None else None
         return gx, gl, None
 
 
@@ -685,8 +556,7 @@ def _lip_pool(
     ndim: int | None = None,
     op: str = "lip_pool",
 ) -> torch.Tensor:
-    nd = nd_of(op, x, ndim, kernel_size, stride)
-    pr = prepare(x, op=op, nd=nd, data_format=data_format)
+    pr = prepare(x, op=op, nd=nd_of(op, x, ndim, kernel_size, stride), data_format=data_format)
     if not isinstance(logits, torch.Tensor):
         raise PoolingInputError(
             f"{op} expects logits as a torch.Tensor, got {type(logits).__name__}. Use torch.as_tensor(logits)."
@@ -700,7 +570,7 @@ def _lip_pool(
             f"layout), got {tuple(logits.shape)}."
         )
     spec = window_spec(pr.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
-    xc = compute_dtype(pr.x)
+    xc = upcast(pr.x)
     lc = pr.from_user(logits).to(xc.dtype)
     if needs_grad(xc, lc):
         y = _LIPFunction.apply(xc, lc, spec)

@@ -12,20 +12,30 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..._validate import check_bool, check_choice, int_tuple
 from ...errors import PoolingConfigError, PoolingInputError
-from ...geometry import WindowSpec, window_spec
+from ...geometry import WindowSpec
 from ...ops.mixed import MODES, _check_alpha
 from ...ops.s3 import _check_samples as _check_rows_numpy
 from ...ops.stochastic import _check_samples as _check_uniforms_numpy
-from .._core import aliases, as_generator, nd_of, pad_to_windows, param_tensor, prepare, tap_views
+from .._core import (
+    aliases,
+    as_generator,
+    nd_of,
+    needs_grad,
+    pad_to_windows,
+    param_tensor,
+    prepare,
+    upcast,
+    windowed,
+    zero_nonfinite,
+)
+from .._taps import TapAdjoint, tap_views, window_max
 from .classic import _avg_pool, _max_pool
 
 __all__ = [
@@ -42,49 +52,6 @@ __all__ = [
     "s3_pool2d",
     "s3_pool3d",
 ]
-
-_MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
-
-
-# --------------------------------------------------------------------------- shared tap plumbing
-
-
-def compute_dtype(x: torch.Tensor) -> torch.Tensor:
-    """float16/bfloat16 -> float32 (tap loops accumulate in the tensor's dtype); else ``x``."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def unpad(xp: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
-    """The input part of a tensor padded by :func:`pad_to_windows` (a view)."""
-    idx: list[Any] = [slice(None), slice(None)]
-    idx += [slice(ax.pad_lo, ax.pad_lo + ax.size) for ax in spec.axes]
-    return xp[tuple(idx)]
-
-
-def tap_buffer(like: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
-    """A zero buffer shaped like the padded input (``like`` gives N, C, the dtype and the device).
-
-    The adjoint of a tap loop adds each tap's output-shaped term into its view of the buffer
-    (:func:`tap_views`), one tap after another: deterministic (no scatter), and recorded by
-    autograd when grad mode is on, so a backward pass written with it supports double backward.
-    Take the views lazily, after the previous add: a strided view made before the buffer joined
-    the graph cannot be written in place.
-    """
-    padded = (*like.shape[:2], *(ax.size + ax.pad_lo + ax.pad_hi + ax.overhang for ax in spec.axes))
-    return like.new_zeros(padded)
-
-
-def spread_taps(terms: Iterable[torch.Tensor], spec: WindowSpec, like: torch.Tensor) -> torch.Tensor:
-    """Adjoint of a tap loop: the padded buffer holding the sum of ``terms`` at their taps."""
-    buf = tap_buffer(like, spec)
-    for (_, view), term in zip(tap_views(buf, spec), terms):
-        view.add_(term)
-    return buf
-
-
-def _needs_grad(*tensors: Any) -> bool:
-    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
-
 
 # --------------------------------------------------------------------------- stochastic
 
@@ -187,32 +154,29 @@ def _stochastic_pool(
     op: str = "stochastic_pool",
 ) -> torch.Tensor:
     training = check_bool(op, "training", training)
-    nd = nd_of(op, x, ndim, kernel_size, stride)
-    p = prepare(x, op=op, nd=nd, data_format=data_format)
+    p, spec = windowed(op, x, ndim, kernel_size, stride, padding, ceil_mode, data_format)
     gen = as_generator(op, rng, p.x.device)
-    spec = window_spec(p.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
-    xc = compute_dtype(p.x)
+    xc = upcast(p.x)
     out_shape = (*xc.shape[:2], *spec.output_size)
     u = None if samples is None else _uniforms(op, samples, out_shape, p.batched, xc)
     if training and u is None:
         u = torch.rand(out_shape, generator=gen, device=xc.device, dtype=xc.dtype)
-    if _needs_grad(xc):
+    if needs_grad(xc):
         y = _Stochastic.apply(xc, u, spec, training)
     else:
         y = _stochastic_forward(xc, u, spec, training)[0]
     return p.to_user(y.to(p.dtype))
 
 
-def _scale_and_weights(xp: torch.Tensor, spec: WindowSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _scale_and_weights(x: torch.Tensor, spec: WindowSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``a = max(x, 0)`` (padded with 0), each window's max of ``a`` and its scale.
 
     The scale is the max where it is > 0 (``+inf`` in windows holding ``+inf``), else 1; tap
     weights ``a / scale`` with NaN -> 1 are then ``a / max(a)``, or in ``+inf`` windows the
     indicator of the ``+inf`` taps (``inf / inf``), without a masked select per tap.
     """
-    ap = xp.clamp(min=0)  # NaN stays NaN
-    m = _MAX[spec.ndim](ap, spec.kernel_size, spec.stride)
-    m = m[(slice(None), slice(None), *(slice(0, o) for o in spec.output_size))]
+    a = x.clamp(min=0)  # NaN stays NaN
+    ap, m = pad_to_windows(a, spec, 0.0), window_max(a, spec)  # every window holds a tap of x
     scale = torch.where(m > 0, m, torch.ones_like(m))
     return ap, m, scale
 
@@ -242,9 +206,8 @@ def _stochastic_forward(
     x: torch.Tensor, u: torch.Tensor | None, spec: WindowSpec, training: bool
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Output and what the backward needs (training: the sample index; eval: scale, q, 1/sum)."""
-    xp = pad_to_windows(x, spec, 0.0)
-    ap, m, scale = _scale_and_weights(xp, spec)
-    views = [v for _, v in tap_views(ap, spec)]
+    ap, m, scale = _scale_and_weights(x, spec)
+    views = tap_views(ap, spec)
     nan = torch.isnan(m)
     if training:
         assert u is not None
@@ -310,11 +273,10 @@ class _Stochastic(torch.autograd.Function):
         if ctx.training:
             (win,) = ctx.saved_tensors
             terms = (g * (win == t).to(g.dtype) for t in range(math.prod(spec.kernel_size)))
-            return unpad(spread_taps(terms, spec, g), spec), None, None, None
+            return TapAdjoint(spec, g).add_all(terms).result(), None, None, None
         x, scale, q, inv = ctx.saved_tensors
         # NaN and +-inf taps lie only in windows that pass no gradient (inv = 0 there)
-        xs = torch.nan_to_num(pad_to_windows(x, spec, 0.0), nan=0.0, posinf=0.0, neginf=0.0)
-        views = [v for _, v in tap_views(xs, spec)]
+        views = tap_views(zero_nonfinite(pad_to_windows(x, spec, 0.0)), spec)
         if torch.is_grad_enabled():
             # double backward: q and 1/sum as functions of x (y / scale is exact for any fixed scale)
             s1 = torch.zeros_like(q)
@@ -329,7 +291,7 @@ class _Stochastic(torch.autograd.Function):
             inv = live.to(s1.dtype) / safe
         gs = g * inv
         terms = (((v.clamp(min=0) / scale) * 2 - q) * gs * (v > 0).to(gs.dtype) for v in views)
-        return unpad(spread_taps(terms, spec, x), spec), None, None, None
+        return TapAdjoint(spec, x).add_all(terms).result(), None, None, None
 
 
 # --------------------------------------------------------------------------- mixed
@@ -431,12 +393,10 @@ def _mixed_pool(
 ) -> torch.Tensor:
     mode = check_choice(op, "mode", mode, MODES)
     training = check_bool(op, "training", training)
-    nd = nd_of(op, x, ndim, kernel_size, stride)
-    p = prepare(x, op=op, nd=nd, data_format=data_format)
+    p, spec = windowed(op, x, ndim, kernel_size, stride, padding, ceil_mode, data_format)
     gen = as_generator(op, rng, p.x.device)
-    spec = window_spec(p.spatial, kernel_size, stride, padding, 1, ceil_mode, op=op)
-    xc = compute_dtype(p.x)
-    c = xc.shape[1]
+    xc = upcast(p.x)
+    nd, c = p.nd, xc.shape[1]
     shape = {"layer": (), "channel": (c,), "window": spec.output_size}[mode]
     if alpha is not None:
         a = _alpha(op, alpha, mode, shape, xc)

@@ -20,7 +20,8 @@ from ...errors import PoolingConfigError, PoolingInputError
 from ...geometry import window_spec
 from ...ops.pyramid import _check_kernel, _levels
 from ...ops.segment import MODES as _SEGMENT_MODES
-from .._core import aliases, nd_of, param_tensor, prepare, window_sum
+from .._core import aliases, nd_of, param_tensor, prepare, upcast
+from .._taps import window_sum
 from .adaptive import _adaptive_avg_pool, _adaptive_max_pool
 from .classic import _avg_pool, _max_pool
 
@@ -47,11 +48,6 @@ __all__ = [
     "attention_pool3d",
     "segment_pool",
 ]
-
-
-def _accumulate(x: torch.Tensor) -> torch.Tensor:
-    """Half precision on the CPU is computed in float32."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu" else x
 
 
 # --------------------------------------------------------------------------- pyramids
@@ -251,7 +247,7 @@ def _masked_pool(
         raise PoolingInputError(
             f"{op}: mask must have shape {want[0]} (like x) or {want[1]} (one channel), got {tuple(mask.shape)}."
         )
-    xc = _accumulate(p.x)
+    xc = upcast(p.x, cpu_only=True)
     m = (mask.movedim(-1, 1) if p.channels_last else mask).to(xc.dtype)
     global_ = kernel_size is None
     if global_:
@@ -353,7 +349,7 @@ def _attention_pool(
     s = math.prod(p.spatial)
     if s == 0:
         raise PoolingInputError(f"{op}: x has no spatial positions (spatial shape {p.spatial}).")
-    xc = _accumulate(p.x)
+    xc = upcast(p.x, cpu_only=True)
     a: dict[str, torch.Tensor] = {}
     wq = param_tensor(wq, xc) if not isinstance(wq, torch.Tensor) else wq
     if wq.dim() != 2 or wq.shape[1] != c or wq.shape[0] == 0:
@@ -611,7 +607,7 @@ def _segment_pool(
         n = hi + 1
     else:
         n = check_int(op, "num_segments", num_segments, 0)
-    xc = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    xc = upcast(x)
     feat = tuple(x.shape[1:])
     # Slot 0 holds ids < 0 and slot n + 1 ids >= n (both dropped); segment s is slot s + 1.
     code = (seg + 1).clamp(0, n + 1)

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 
 from ..._validate import check_bool, check_choice, check_int, check_real, int_tuple
-from ...geometry import adaptive_output_size
+from ...geometry import adaptive_output_size, fractional_output_size
 from .. import functional as F
-from ._base import PoolModule, check_window
+from ._base import PoolModule
 
 __all__ = [
     *(f"MaxPool{n}d" for n in (1, 2, 3)),
@@ -56,13 +56,10 @@ class _MaxPool(PoolModule):
         include_batch_in_index: bool = False,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        check_window(name, self.nd, kernel_size, stride, padding, dilation, ceil_mode)
-        self.kernel_size, self.padding, self.dilation = kernel_size, padding, dilation
-        self.stride = kernel_size if stride is None else stride  # as torch.nn.MaxPool2d stores it
+        name = self._set_window(kernel_size, stride, padding, ceil_mode, dilation)
+        self.dilation = dilation
         self.return_indices = check_bool(name, "return_indices", return_indices)
-        self.ceil_mode = ceil_mode
-        self.data_format = check_choice(name, "data_format", data_format, ("channels_first", "channels_last"))
+        self._set_format(data_format)
         self.index_format = check_choice(name, "index_format", index_format, ("torch", "tf"))
         self.include_batch_in_index = check_bool(name, "include_batch_in_index", include_batch_in_index)
 
@@ -119,18 +116,17 @@ class _AvgPool(PoolModule):
         data_format: str = "channels_first",
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        check_window(name, self.nd, kernel_size, stride, padding, dilation, ceil_mode)
+        name = self._set_window(kernel_size, stride, padding, ceil_mode, dilation)
         if self.nd == 1:  # torch.nn.AvgPool1d stores 1-tuples
-            kernel_size, stride, padding = (_single(v) for v in (kernel_size, stride, padding))
-        self.kernel_size, self.padding, self.ceil_mode = kernel_size, padding, ceil_mode
-        self.stride = kernel_size if stride is None else stride  # as torch.nn.AvgPool2d stores it
+            self.kernel_size, self.stride, self.padding = (
+                _single(v) for v in (self.kernel_size, self.stride, self.padding)
+            )
         self.count_include_pad = check_bool(name, "count_include_pad", count_include_pad)
         self.divisor_override = (
             None if divisor_override is None else check_int(name, "divisor_override", divisor_override, 1)
         )
         self.dilation = dilation
-        self.data_format = check_choice(name, "data_format", data_format, ("channels_first", "channels_last"))
+        self._set_format(data_format)
 
 
 class AvgPool1d(_AvgPool):
@@ -171,22 +167,9 @@ class _LPPool(PoolModule):
         self.norm_type = check_real(
             name, "norm_type", norm_type, low=0.0, low_inclusive=False, allow_inf=True
         )
-        check_window(name, self.nd, kernel_size, stride, padding, dilation, ceil_mode)
-        self.kernel_size, self.stride, self.ceil_mode = kernel_size, stride, ceil_mode
-        self.padding, self.dilation = padding, dilation
-        self.data_format = check_choice(name, "data_format", data_format, ("channels_first", "channels_last"))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return type(self).function(
-            x,
-            self.norm_type,
-            self.kernel_size,
-            self.stride,
-            self.ceil_mode,
-            padding=self.padding,
-            dilation=self.dilation,
-            data_format=self.data_format,
-        )
+        self._set_window(kernel_size, stride, padding, ceil_mode, dilation)
+        self.stride, self.dilation = stride, dilation  # torch.nn.LPPool2d keeps stride=None
+        self._set_format(data_format)
 
 
 class LPPool1d(_LPPool):
@@ -219,7 +202,7 @@ class _AdaptiveMaxPool(PoolModule):
         adaptive_output_size(name, (1,) * self.nd, output_size)
         self.output_size = output_size
         self.return_indices = check_bool(name, "return_indices", return_indices)
-        self.data_format = check_choice(name, "data_format", data_format, ("channels_first", "channels_last"))
+        self._set_format(data_format)
 
 
 class AdaptiveMaxPool1d(_AdaptiveMaxPool):
@@ -249,7 +232,7 @@ class _AdaptiveAvgPool(PoolModule):
         name = type(self).__name__
         adaptive_output_size(name, (1,) * self.nd, output_size)
         self.output_size = output_size
-        self.data_format = check_choice(name, "data_format", data_format, ("channels_first", "channels_last"))
+        self._set_format(data_format)
 
 
 class AdaptiveAvgPool1d(_AdaptiveAvgPool):
@@ -287,13 +270,11 @@ class _FractionalMaxPool(PoolModule):
         super().__init__()
         name = type(self).__name__
         self.kernel_size = int_tuple(name, "kernel_size", kernel_size, self.nd, 1)
-        from ...geometry import fractional_output_size
-
         fractional_output_size(name, (1 << 20,) * self.nd, self.kernel_size, output_size, output_ratio)
         self.output_size, self.output_ratio = output_size, output_ratio
         self.return_indices = check_bool(name, "return_indices", return_indices)
         self.generator = generator
-        self.data_format = check_choice(name, "data_format", data_format, ("channels_first", "channels_last"))
+        self._set_format(data_format)
 
     def forward(self, x: torch.Tensor) -> Any:
         """Random windows in training mode; in eval mode the fixed samples u = 0.5 (deterministic).
@@ -304,22 +285,9 @@ class _FractionalMaxPool(PoolModule):
         if not self.training:
             batched = x.dim() == self.nd + 2
             n = x.shape[0] if batched else 1
-            c = (
-                x.shape[1 if self.data_format == "channels_first" else -1]
-                if batched
-                else x.shape[0 if self.data_format == "channels_first" else -1]
-            )
+            c = x.shape[-1] if self.data_format == "channels_last" else x.shape[1 if batched else 0]
             samples = torch.full((n, c, self.nd), 0.5, dtype=x.dtype, device=x.device)
-        return type(self).function(
-            x,
-            self.kernel_size,
-            self.output_size,
-            self.output_ratio,
-            self.return_indices,
-            samples=samples,
-            rng=self.generator,
-            data_format=self.data_format,
-        )
+        return type(self).function(x, **self.arguments(), samples=samples, rng=self.generator)
 
 
 class FractionalMaxPool1d(_FractionalMaxPool):
@@ -358,20 +326,11 @@ class _MaxUnpool(PoolModule):
         self.kernel_size = int_tuple(name, "kernel_size", kernel_size, self.nd, 1)
         self.stride = self.kernel_size if stride is None else int_tuple(name, "stride", stride, self.nd, 1)
         self.padding = int_tuple(name, "padding", padding, self.nd, 0)
-        self.data_format = check_choice(name, "data_format", data_format, ("channels_first", "channels_last"))
+        self._set_format(data_format)
         self.index_format = check_choice(name, "index_format", index_format, ("torch", "tf"))
 
-    def forward(self, x: torch.Tensor, indices: torch.Tensor, output_size: Any = None) -> torch.Tensor:
-        return type(self).function(
-            x,
-            indices,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            output_size,
-            data_format=self.data_format,
-            index_format=self.index_format,
-        )
+    def forward(self, x: torch.Tensor, indices: torch.Tensor, output_size: Any = None) -> torch.Tensor:  # type: ignore[override]
+        return type(self).function(x, indices, output_size=output_size, **self.arguments())
 
 
 class MaxUnpool1d(_MaxUnpool):
@@ -399,7 +358,7 @@ class _Global(PoolModule):
         super().__init__()
         name = type(self).__name__
         self.keepdims = check_bool(name, "keepdims", keepdims)
-        self.data_format = check_choice(name, "data_format", data_format, ("channels_first", "channels_last"))
+        self._set_format(data_format)
 
 
 class GlobalMaxPool(_Global):

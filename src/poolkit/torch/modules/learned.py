@@ -11,10 +11,9 @@ from typing import Any
 
 import torch
 
-from ..._validate import check_bool, check_choice, check_int, check_real, int_tuple
+from ..._validate import check_bool, check_int, check_real, int_tuple
 from .. import functional as F
-from ._base import PoolModule, check_window
-from .stochastic import clamp_straight_through
+from ._base import PoolModule, clamp_straight_through
 
 __all__ = [
     *(f"GatedPool{n}d" for n in (1, 2, 3)),
@@ -22,22 +21,16 @@ __all__ = [
     *(f"DPPPool{n}d" for n in (1, 2, 3)),
 ]
 
-_LAYOUTS = ("channels_first", "channels_last")
-
 
 class _Window(PoolModule):
     """Window settings (no dilation), checked at construction; ``kernel`` is the kernel as a tuple."""
 
-    nd: int
     settings = ("kernel_size", "stride", "padding", "ceil_mode", "data_format")
 
     def _window(self, kernel_size: Any, stride: Any, padding: Any, ceil_mode: bool, data_format: str) -> str:
-        name = type(self).__name__
-        check_window(name, self.nd, kernel_size, stride, padding, 1, ceil_mode)
-        self.kernel_size, self.padding, self.ceil_mode = kernel_size, padding, ceil_mode
-        self.stride = kernel_size if stride is None else stride
+        name = self._set_window(kernel_size, stride, padding, ceil_mode)
         self.kernel = int_tuple(name, "kernel_size", kernel_size, self.nd, 1)
-        self.data_format = check_choice(name, "data_format", data_format, _LAYOUTS)
+        self._set_format(data_format)
         return name
 
     def _channels(self, name: str, channels: Any) -> tuple[int, ...]:
@@ -48,6 +41,8 @@ class _Window(PoolModule):
 
 
 class _GatedPool(_Window):
+    tensors = ("weight",)
+
     def __init__(
         self,
         kernel_size: Any,
@@ -62,17 +57,6 @@ class _GatedPool(_Window):
         name = self._window(kernel_size, stride, padding, ceil_mode, data_format)
         self.channels = channels
         self.weight = torch.nn.Parameter(torch.zeros(*self._channels(name, channels), *self.kernel))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return type(self).function(
-            x,
-            self.weight,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.ceil_mode,
-            data_format=self.data_format,
-        )
 
 
 class GatedPool1d(_GatedPool):
@@ -107,6 +91,8 @@ class GatedPool3d(_GatedPool):
 
 
 class _TreePool(_Window):
+    tensors, described = ("leaves", "gates"), ("depth", "channels")
+
     def __init__(
         self,
         kernel_size: Any,
@@ -135,21 +121,6 @@ class _TreePool(_Window):
         with torch.no_grad():
             self.leaves.copy_(1.0 / k + torch.randn_like(self.leaves) * (0.1 / k))
             self.gates.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return type(self).function(
-            x,
-            self.leaves,
-            self.gates,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.ceil_mode,
-            data_format=self.data_format,
-        )
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, depth={self.depth}, channels={self.channels}"
 
 
 class TreePool1d(_TreePool):
@@ -186,6 +157,7 @@ class TreePool3d(_TreePool):
 
 class _DPPPool(_Window):
     settings = ("kernel_size", "stride", "padding", "ceil_mode", "asymmetric", "eps", "data_format")
+    described = ("channels",)
 
     def __init__(
         self,
@@ -215,24 +187,11 @@ class _DPPPool(_Window):
             self.alpha.fill_(1.0)
             self.lam.fill_(1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def arguments(self) -> dict[str, Any]:
         """``alpha`` and ``lam`` enter clamped at 0 (straight-through), so they stay valid whatever the
         optimizer does to the raw parameters."""
-        return type(self).function(
-            x,
-            clamp_straight_through(self.alpha, 0.0),
-            clamp_straight_through(self.lam, 0.0),
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.ceil_mode,
-            asymmetric=self.asymmetric,
-            eps=self.eps,
-            data_format=self.data_format,
-        )
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, channels={self.channels}"
+        clamped = {name: clamp_straight_through(getattr(self, name), 0.0) for name in ("alpha", "lam")}
+        return {**clamped, **super().arguments()}
 
 
 class DPPPool1d(_DPPPool):

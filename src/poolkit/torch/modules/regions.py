@@ -8,15 +8,13 @@ from typing import Any
 
 import torch
 
-from ..._validate import check_bool, check_choice, check_int, check_real
+from ..._validate import check_bool, check_int, check_real
 from ...errors import PoolingConfigError, PoolingInputError
 from ...ops._boxes import pooled_size, spatial_scale_of
 from .. import functional as F
 from ._base import PoolModule
 
 __all__ = ["RoIPool", "RoIAlign", "PSRoIPool", "PSRoIAlign", "PreciseRoIPool", "MultiScaleRoIAlign"]
-
-_LAYOUTS = ("channels_first", "channels_last")
 
 
 class _Region(PoolModule):
@@ -32,10 +30,10 @@ class _Region(PoolModule):
         pooled_size(name, output_size)
         self.output_size = output_size
         self.spatial_scale = spatial_scale_of(name, spatial_scale)
-        self.data_format = check_choice(name, "data_format", data_format, _LAYOUTS)
+        self._set_format(data_format)
 
     def forward(self, x: torch.Tensor, boxes: Any) -> torch.Tensor:  # type: ignore[override]
-        return type(self).function(x, boxes, **{name: getattr(self, name) for name in self.settings})
+        return type(self).function(x, boxes, **self.arguments())
 
 
 class RoIPool(_Region):
@@ -165,7 +163,7 @@ class MultiScaleRoIAlign(PoolModule):
             name, "canonical_scale", canonical_scale, low=0.0, low_inclusive=False
         )
         self.canonical_level = check_int(name, "canonical_level", canonical_level)
-        self.data_format = check_choice(name, "data_format", data_format, _LAYOUTS)
+        self._set_format(data_format)
 
     def forward(self, x: Any, boxes: Any, image_shapes: Any) -> torch.Tensor:  # type: ignore[override]
         if isinstance(x, Mapping):
@@ -178,7 +176,7 @@ class MultiScaleRoIAlign(PoolModule):
                 )
         else:
             maps = x
-        return type(self).function(maps, boxes, image_shapes, **{k: getattr(self, k) for k in self.settings})
+        return type(self).function(maps, boxes, image_shapes, **self.arguments())
 
     def extra_repr(self) -> str:
         return f"featmap_names={self.featmap_names!r}, " + super().extra_repr()

@@ -19,7 +19,6 @@ __all__ = [
     *(f"MedianPool{n}d" for n in (1, 2, 3)),
 ]
 
-_FORMATS = ("channels_first", "channels_last")
 _BIG = 1 << 20  # a notional input large enough for any filter: only the settings are checked
 
 
@@ -43,7 +42,7 @@ class _BlurPool(PoolModule):
         name = type(self).__name__
         blur_plan(name, (_BIG,) * self.nd, filt_size, stride, pad_mode, padding)
         self.filt_size, self.stride, self.pad_mode, self.padding = filt_size, stride, pad_mode, padding
-        self.data_format = check_choice(name, "data_format", data_format, _FORMATS)
+        self._set_format(data_format)
 
 
 class BlurPool1d(_BlurPool):
@@ -99,7 +98,7 @@ class _MaxBlurPool(PoolModule):
         blur_plan(name, (_BIG,) * self.nd, filt_size, stride, pad_mode, padding)
         self.kernel_size, self.filt_size, self.stride = kernel_size, filt_size, stride
         self.pad_mode, self.ceil_mode, self.padding = pad_mode, ceil_mode, padding
-        self.data_format = check_choice(name, "data_format", data_format, _FORMATS)
+        self._set_format(data_format)
 
 
 class MaxBlurPool1d(_MaxBlurPool):
@@ -150,7 +149,7 @@ class _SpectralPool(PoolModule):
         name = type(self).__name__
         adaptive_output_size(name, (_BIG,) * self.nd, output_size)
         self.output_size = output_size
-        self.data_format = check_choice(name, "data_format", data_format, _FORMATS)
+        self._set_format(data_format)
 
 
 class SpectralPool1d(_SpectralPool):
@@ -191,7 +190,7 @@ class _WaveletPool(PoolModule):
         super().__init__()
         name = type(self).__name__
         self.wavelet = check_choice(name, "wavelet", wavelet, WAVELETS)
-        self.data_format = check_choice(name, "data_format", data_format, _FORMATS)
+        self._set_format(data_format)
 
 
 class WaveletPool1d(_WaveletPool):
@@ -229,7 +228,6 @@ class WaveletPool3d(_WaveletPool):
 
 
 class _MedianPool(PoolModule):
-    nd: int
     settings = ("kernel_size", "stride", "padding", "ceil_mode", "data_format")
 
     def __init__(
@@ -242,11 +240,8 @@ class _MedianPool(PoolModule):
         data_format: str = "channels_first",
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        check_window(name, self.nd, kernel_size, stride, padding, 1, ceil_mode)
-        self.kernel_size, self.padding, self.ceil_mode = kernel_size, padding, ceil_mode
-        self.stride = kernel_size if stride is None else stride  # as torch.nn's pooling layers store it
-        self.data_format = check_choice(name, "data_format", data_format, _FORMATS)
+        self._set_window(kernel_size, stride, padding, ceil_mode)
+        self._set_format(data_format)
 
 
 class MedianPool1d(_MedianPool):

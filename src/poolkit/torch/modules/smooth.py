@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..._validate import check_bool, check_choice, check_int, check_real
+from ..._validate import check_bool, check_int, check_real
 from ...errors import PoolingConfigError
 from .. import functional as F
-from ._base import PoolModule, check_window
+from ._base import PoolModule
 
 __all__ = [
     *(f"GeMPool{n}d" for n in (1, 2, 3)),
@@ -20,8 +20,6 @@ __all__ = [
     *(f"LIPPool{n}d" for n in (1, 2, 3)),
     "LIPLogit",
 ]
-
-_FORMATS = ("channels_first", "channels_last")
 
 
 def _learnable(
@@ -40,20 +38,12 @@ def _learnable(
     return channels, learnable
 
 
-def _window(module: PoolModule, nd: int, kernel_size: Any, stride: Any, padding: Any, ceil_mode: Any) -> str:
-    name = type(module).__name__
-    check_window(name, nd, kernel_size, stride, padding, 1, ceil_mode)
-    module.kernel_size, module.padding, module.ceil_mode = kernel_size, padding, ceil_mode
-    module.stride = kernel_size if stride is None else stride  # as torch.nn's pooling layers store it
-    return name
-
-
 # --------------------------------------------------------------------------- GeM
 
 
 class _GeMPool(PoolModule):
-    nd: int
     settings = ("kernel_size", "stride", "padding", "ceil_mode", "eps", "data_format")
+    tensors, described = ("p",), ("channels", "learnable")
     p: torch.Tensor
 
     def __init__(
@@ -70,25 +60,10 @@ class _GeMPool(PoolModule):
         data_format: str = "channels_first",
     ) -> None:
         super().__init__()
-        name = _window(self, self.nd, kernel_size, stride, padding, ceil_mode)
+        name = self._set_window(kernel_size, stride, padding, ceil_mode)
         self.eps = check_real(name, "eps", eps, low=0.0, low_inclusive=False)
-        self.data_format = check_choice(name, "data_format", data_format, _FORMATS)
+        self._set_format(data_format)
         self.channels, self.learnable = _learnable(self, name, "p", p, channels, learnable)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return type(self).function(
-            x,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.ceil_mode,
-            p=self.p,
-            eps=self.eps,
-            data_format=self.data_format,
-        )
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, channels={self.channels}, learnable={self.learnable}"
 
 
 class GeMPool1d(_GeMPool):
@@ -140,6 +115,8 @@ class GlobalGeMPool(PoolModule):
     """
 
     settings = ("eps", "keepdims", "data_format")
+    function = staticmethod(F.global_gem_pool)
+    tensors, described = ("p",), ("channels", "learnable")
     p: torch.Tensor
 
     def __init__(
@@ -156,22 +133,16 @@ class GlobalGeMPool(PoolModule):
         name = type(self).__name__
         self.eps = check_real(name, "eps", eps, low=0.0, low_inclusive=False)
         self.keepdims = check_bool(name, "keepdims", keepdims)
-        self.data_format = check_choice(name, "data_format", data_format, _FORMATS)
+        self._set_format(data_format)
         self.channels, self.learnable = _learnable(self, name, "p", p, channels, learnable)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.global_gem_pool(x, self.p, self.eps, keepdims=self.keepdims, data_format=self.data_format)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, channels={self.channels}, learnable={self.learnable}"
 
 
 # --------------------------------------------------------------------------- LSE
 
 
 class _LSEPool(PoolModule):
-    nd: int
     settings = ("kernel_size", "stride", "padding", "ceil_mode", "data_format")
+    tensors, described = ("r",), ("channels", "learnable")
     r: torch.Tensor
 
     def __init__(
@@ -187,23 +158,9 @@ class _LSEPool(PoolModule):
         data_format: str = "channels_first",
     ) -> None:
         super().__init__()
-        name = _window(self, self.nd, kernel_size, stride, padding, ceil_mode)
-        self.data_format = check_choice(name, "data_format", data_format, _FORMATS)
+        name = self._set_window(kernel_size, stride, padding, ceil_mode)
+        self._set_format(data_format)
         self.channels, self.learnable = _learnable(self, name, "r", r, channels, learnable)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return type(self).function(
-            x,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.ceil_mode,
-            r=self.r,
-            data_format=self.data_format,
-        )
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, channels={self.channels}, learnable={self.learnable}"
 
 
 class LSEPool1d(_LSEPool):
@@ -240,7 +197,6 @@ class LSEPool3d(_LSEPool):
 
 
 class _SoftPool(PoolModule):
-    nd: int
     settings = ("kernel_size", "stride", "padding", "ceil_mode", "data_format")
 
     def __init__(
@@ -253,8 +209,8 @@ class _SoftPool(PoolModule):
         data_format: str = "channels_first",
     ) -> None:
         super().__init__()
-        name = _window(self, self.nd, kernel_size, stride, padding, ceil_mode)
-        self.data_format = check_choice(name, "data_format", data_format, _FORMATS)
+        self._set_window(kernel_size, stride, padding, ceil_mode)
+        self._set_format(data_format)
 
 
 class SoftPool1d(_SoftPool):
@@ -330,7 +286,6 @@ class LIPLogit(nn.Sequential):
 
 
 class _LIPPool(PoolModule):
-    nd: int
     settings = ("kernel_size", "stride", "padding", "ceil_mode", "data_format")
 
     def __init__(
@@ -345,8 +300,8 @@ class _LIPPool(PoolModule):
         data_format: str = "channels_first",
     ) -> None:
         super().__init__()
-        name = _window(self, self.nd, kernel_size, stride, padding, ceil_mode)
-        self.data_format = check_choice(name, "data_format", data_format, _FORMATS)
+        name = self._set_window(kernel_size, stride, padding, ceil_mode)
+        self._set_format(data_format)
         if logit is None:
             if channels is None:
                 raise PoolingConfigError(

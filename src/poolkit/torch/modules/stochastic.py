@@ -17,7 +17,7 @@ from ...geometry import window_spec
 from ...ops.mixed import MODES
 from .. import functional as F
 from ..functional.stochastic import s3_settings
-from ._base import PoolModule, check_window
+from ._base import PoolModule, check_generator, clamp_straight_through
 
 __all__ = [
     *(f"StochasticPool{n}d" for n in (1, 2, 3)),
@@ -25,29 +25,8 @@ __all__ = [
     *(f"S3Pool{n}d" for n in (1, 2, 3)),
 ]
 
-_LAYOUTS = ("channels_first", "channels_last")
-
-
-def clamp_straight_through(p: torch.Tensor, low: float, high: float | None = None) -> torch.Tensor:
-    """``p`` clamped to ``[low, high]`` in value, with the identity's gradient.
-
-    A parameter an optimizer pushes past an end then acts as that end, and keeps a gradient that
-    can bring it back (a plain clamp would give it 0 there and leave it stuck).
-    """
-    return p + (p.clamp(low, high) - p).detach()
-
-
-def _check_generator(name: str, generator: Any) -> Any:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise PoolingConfigError(
-            f"{name}: generator must be None (torch's global generator) or a torch.Generator, got "
-            f"{generator!r}."
-        )
-    return generator
-
 
 class _StochasticPool(PoolModule):
-    nd: int
     settings = ("kernel_size", "stride", "padding", "ceil_mode", "data_format")
 
     def __init__(
@@ -61,25 +40,17 @@ class _StochasticPool(PoolModule):
         data_format: str = "channels_first",
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        check_window(name, self.nd, kernel_size, stride, padding, 1, ceil_mode)
-        self.kernel_size, self.padding, self.ceil_mode = kernel_size, padding, ceil_mode
-        self.stride = kernel_size if stride is None else stride
-        self.generator = _check_generator(name, generator)
-        self.data_format = check_choice(name, "data_format", data_format, _LAYOUTS)
+        name = self._set_window(kernel_size, stride, padding, ceil_mode)
+        self.generator = check_generator(name, generator)
+        self._set_format(data_format)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def arguments(self) -> dict[str, Any]:
         """A sampled activation per window in training; ``sum(a^2) / sum(a)`` in evaluation."""
-        return type(self).function(
-            x,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.ceil_mode,
-            training=self.training,
-            rng=self.generator if self.training else None,
-            data_format=self.data_format,
-        )
+        return {
+            **super().arguments(),
+            "training": self.training,
+            "rng": self.generator if self.training else None,
+        }
 
 
 class StochasticPool1d(_StochasticPool):
@@ -110,7 +81,6 @@ class StochasticPool3d(_StochasticPool):
 
 
 class _MixedPool(PoolModule):
-    nd: int
     settings = ("kernel_size", "stride", "padding", "ceil_mode", "learnable", "mode", "data_format")
 
     def __init__(
@@ -128,14 +98,11 @@ class _MixedPool(PoolModule):
         data_format: str = "channels_first",
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        check_window(name, self.nd, kernel_size, stride, padding, 1, ceil_mode)
-        self.kernel_size, self.padding, self.ceil_mode = kernel_size, padding, ceil_mode
-        self.stride = kernel_size if stride is None else stride
+        name = self._set_window(kernel_size, stride, padding, ceil_mode)
         self.learnable = check_bool(name, "learnable", learnable)
         self.mode = check_choice(name, "mode", mode, MODES)
-        self.generator = _check_generator(name, generator)
-        self.data_format = check_choice(name, "data_format", data_format, _LAYOUTS)
+        self.generator = check_generator(name, generator)
+        self._set_format(data_format)
         if not self.learnable:
             self.register_parameter("alpha", None)
             return
@@ -157,22 +124,13 @@ class _MixedPool(PoolModule):
             shape = window_spec(input_size, kernel_size, stride, padding, 1, ceil_mode, op=name).output_size
         self.alpha = torch.nn.Parameter(torch.full(shape, 0.5))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def arguments(self) -> dict[str, Any]:
         """Learnable: ``alpha`` clamped to [0, 1] (straight-through). Otherwise ``lambda`` drawn
         in {0, 1} in training and 1/2 in evaluation."""
         alpha = None if self.alpha is None else clamp_straight_through(self.alpha, 0.0, 1.0)
-        return type(self).function(
-            x,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.ceil_mode,
-            alpha=alpha,
-            mode=self.mode,
-            training=self.training,
-            rng=self.generator if self.training and alpha is None else None,
-            data_format=self.data_format,
-        )
+        args = {name: getattr(self, name) for name in self.settings if name != "learnable"}
+        rng = self.generator if self.training and alpha is None else None
+        return {**args, "alpha": alpha, "training": self.training, "rng": rng}
 
 
 class MixedPool1d(_MixedPool):
@@ -212,7 +170,6 @@ class MixedPool3d(_MixedPool):
 
 
 class _S3Pool(PoolModule):
-    nd: int
     settings = ("kernel_size", "grid_size", "stride", "data_format")
 
     def __init__(
@@ -229,20 +186,16 @@ class _S3Pool(PoolModule):
         self.kernel_size, self.grid_size, self.stride = s3_settings(
             name, self.nd, kernel_size, grid_size, stride
         )
-        self.generator = _check_generator(name, generator)
-        self.data_format = check_choice(name, "data_format", data_format, _LAYOUTS)
+        self.generator = check_generator(name, generator)
+        self._set_format(data_format)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def arguments(self) -> dict[str, Any]:
         """Random ordered rows per grid cell in training; every ``stride``-th row in evaluation."""
-        return type(self).function(
-            x,
-            self.kernel_size,
-            self.grid_size,
-            stride=self.stride,
-            training=self.training,
-            rng=self.generator if self.training else None,
-            data_format=self.data_format,
-        )
+        return {
+            **super().arguments(),
+            "training": self.training,
+            "rng": self.generator if self.training else None,
+        }
 
 
 class S3Pool1d(_S3Pool):

@@ -9,14 +9,13 @@ import torch
 
 from ..._validate import check_choice, check_int, check_real
 from ...errors import PoolingConfigError
+from ...ops._input import DATA_FORMATS
 from ...ops.pyramid import _check_kernel, _levels
 from ...ops.segment import MODES as _SEGMENT_MODES
 from .. import functional as F
 from ._base import PoolModule, check_window
 
 __all__ = ["SpatialPyramidPool", "SPP", "SPPF", "MaskedPool", "AttentionPool2d", "SegmentPool"]
-
-_LAYOUTS = ("channels_first", "channels_last")
 
 
 class SpatialPyramidPool(PoolModule):
@@ -49,7 +48,7 @@ class SpatialPyramidPool(PoolModule):
         self.levels = _levels(name, levels)
         self.mode = check_choice(name, "mode", mode, ("max", "avg"))
         self.bins = check_choice(name, "bins", bins, ("adaptive", "paper"))
-        self.data_format = check_choice(name, "data_format", data_format, _LAYOUTS)
+        self._set_format(data_format)
 
 
 class SPP(PoolModule):
@@ -70,7 +69,7 @@ class SPP(PoolModule):
                 f"{name}: kernel_sizes must be a non-empty sequence of odd ints, got {kernel_sizes!r}."
             )
         self.kernel_sizes = tuple(_check_kernel(name, k) for k in kernel_sizes)
-        self.data_format = check_choice(name, "data_format", data_format, _LAYOUTS)
+        self._set_format(data_format)
 
 
 class SPPF(PoolModule):
@@ -86,7 +85,7 @@ class SPPF(PoolModule):
         name = type(self).__name__
         self.kernel_size = _check_kernel(name, kernel_size)
         self.repeats = check_int(name, "repeats", repeats, 1)
-        self.data_format = check_choice(name, "data_format", data_format, _LAYOUTS)
+        self._set_format(data_format)
 
 
 def _rank_of(*settings: Any) -> int:
@@ -137,10 +136,10 @@ class MaskedPool(PoolModule):
                 f"{name}: stride, padding and ceil_mode need a kernel_size (kernel_size=None pools globally)."
             )
         self.kernel_size, self.stride, self.padding, self.ceil_mode = kernel_size, stride, padding, ceil_mode
-        self.data_format = check_choice(name, "data_format", data_format, _LAYOUTS)
+        self._set_format(data_format)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return type(self).function(x, mask, **{k: getattr(self, k) for k in self.settings})
+        return type(self).function(x, mask, **self.arguments())
 
 
 class AttentionPool2d(torch.nn.Module):
@@ -202,7 +201,7 @@ class AttentionPool2d(torch.nn.Module):
         else:
             s = check_int(name, "spacial_dim", spacial_dim, 1)
             self.spacial_dim = (s, s)
-        self.data_format = check_choice(name, "data_format", data_format, _LAYOUTS)
+        self.data_format = check_choice(name, "data_format", data_format, DATA_FORMATS)
         c = self.embed_dim
         if self.spacial_dim is None:
             self.positional_embedding = None

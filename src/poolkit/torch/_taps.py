@@ -1,0 +1,168 @@
+"""Tap loops over strided views, their adjoint, and the window reductions built on them.
+
+A *tap* is one kernel offset: the strided view of a padded input that every
+window reads at that offset (output-shaped and sharing memory: no
+kernel-volume copy). Operators loop over taps and accumulate; backward
+passes spread output-shaped terms back with :class:`TapAdjoint`
+(slice-adds, no scatter: deterministic, and differentiable again).
+
+:func:`window_sum` and :func:`window_max` use PyTorch's pooling kernels,
+except where :func:`poolkit.torch._core.portable` rules a kernel out;
+:func:`first_max` is PyTorch's max-pooling winner rule, for the portable
+adaptive and fractional paths.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..geometry import WindowSpec
+from ._core import crop_output, pad_pairs, pad_to_windows, portable
+
+__all__ = [
+    "MAX_POOL",
+    "AVG_POOL",
+    "tap_index",
+    "tap_views",
+    "taps",
+    "TapAdjoint",
+    "unpad",
+    "inside_mask",
+    "tap_bias",
+    "window_sum",
+    "window_max",
+    "first_max",
+]
+
+MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+def tap_index(spec: WindowSpec) -> list[tuple[slice, ...]]:
+    """For each kernel offset (row-major), the index of its strided view into a padded tensor.
+
+    The tensor must be padded by :func:`~poolkit.torch._core.pad_to_windows`
+    (or be its shape, as :class:`TapAdjoint`'s buffer); each view has the
+    output's spatial shape.
+    """
+    out = []
+    for k in itertools.product(*(range(ax.kernel) for ax in spec.axes)):
+        idx = [slice(None), slice(None)]
+        for a, ax in enumerate(spec.axes):
+            start = k[a] * ax.dilation
+            idx.append(slice(start, start + (ax.out - 1) * ax.stride + 1, ax.stride))
+        out.append(tuple(idx))
+    return out
+
+
+def tap_views(xp: torch.Tensor, spec: WindowSpec) -> list[torch.Tensor]:
+    """The strided view of ``xp`` (padded by ``pad_to_windows``) that each kernel offset reads."""
+    return [xp[idx] for idx in tap_index(spec)]
+
+
+def taps(
+    spec: WindowSpec, *padded: torch.Tensor | None
+) -> Iterator[tuple[tuple[slice, ...], tuple[torch.Tensor | None, ...]]]:
+    """For each kernel offset: its index and the strided view of each of ``padded`` (None stays None)."""
+    for idx in tap_index(spec):
+        yield idx, tuple(None if t is None else t[idx] for t in padded)
+
+
+def unpad(xp: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+    """The input part of a tensor padded by ``pad_to_windows`` (a view)."""
+    return xp[(slice(None), slice(None), *(slice(ax.pad_lo, ax.pad_lo + ax.size) for ax in spec.axes))]
+
+
+class TapAdjoint:
+    """The adjoint of a tap loop: output-shaped terms summed into an input-shaped gradient.
+
+    Each term is added into its tap's view of a buffer shaped like the padded
+    input (:func:`tap_index`), one tap after another: deterministic (no
+    scatter), and recorded by autograd when grad mode is on, so a backward
+    pass written with it supports double backward. ``like`` gives the batch
+    and channel sizes, the dtype and the device. Views of the buffer are
+    taken at each add: one made before the buffer joined the graph could not
+    be written in place.
+    """
+
+    def __init__(self, spec: WindowSpec, like: torch.Tensor) -> None:
+        self.spec = spec
+        padded = tuple(ax.size + ax.pad_lo + ax.pad_hi + ax.overhang for ax in spec.axes)
+        self.padded = torch.zeros((*like.shape[:2], *padded), dtype=like.dtype, device=like.device)
+
+    def add(self, idx: tuple[slice, ...], value: torch.Tensor) -> None:
+        self.padded[idx].add_(value)
+
+    def add_all(self, terms: Iterable[torch.Tensor]) -> TapAdjoint:
+        """Add one term per tap, in :func:`tap_index` order."""
+        for idx, term in zip(tap_index(self.spec), terms):
+            self.add(idx, term)
+        return self
+
+    def result(self) -> torch.Tensor:
+        """The gradient for the unpadded input (padding and overhang dropped)."""
+        return unpad(self.padded, self.spec)
+
+
+def inside_mask(spec: WindowSpec, like: torch.Tensor, inside: Any, outside: Any) -> torch.Tensor:
+    """``(1, 1, *padded)`` in ``like``'s dtype and device: ``inside`` on the input, ``outside`` in the
+    padding and overhang."""
+    fill = torch.full((1, 1, *spec.input_size), inside, dtype=like.dtype, device=like.device)
+    return pad_to_windows(fill, spec, outside)
+
+
+def tap_bias(spec: WindowSpec, like: torch.Tensor) -> torch.Tensor | None:
+    """0 inside the input, -inf in padding and overhang (None without either).
+
+    Added to an exponent it gives padding taps a weight of exactly 0 without
+    a per-tap mask, whatever the padded value and the window maximum are.
+    """
+    return inside_mask(spec, like, 0.0, -math.inf) if any(pad_pairs(spec)) else None
+
+
+def window_sum(x: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+    """Sum over each window (padding and overhang contribute 0).
+
+    PyTorch's average pooling times the window volume, except with dilation
+    and on portable 3-D calls (``avg_pool3d``'s CUDA backward has no
+    deterministic version), which add the tap views.
+    """
+    nd = spec.ndim
+    xp = pad_to_windows(x, spec, 0.0)
+    if all(ax.dilation == 1 for ax in spec.axes) and not (nd == 3 and portable(x)):
+        # mean * volume rather than divisor_override=1: ONNX's AveragePool has no divisor override
+        return AVG_POOL[nd](xp, spec.kernel_size, spec.stride) * math.prod(spec.kernel_size)
+    total = None
+    for v in tap_views(xp, spec):
+        total = v if total is None else total + v
+    assert total is not None
+    return total
+
+
+def window_max(x: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+    """Maximum over each window's taps inside the input (padding is -inf); NaN propagates.
+
+    PyTorch's max pooling (its backward is deterministic on every device):
+    the gradient goes to each window's first maximum.
+    """
+    xp = pad_to_windows(x, spec, -math.inf)
+    return crop_output(MAX_POOL[spec.ndim](xp, spec.kernel_size, spec.stride, 0, spec.dilation), spec)
+
+
+def first_max(v: torch.Tensor, dim: int) -> torch.Tensor:
+    """Index along ``dim`` (kept, size 1) of PyTorch's max-pooling winner among ``v``'s entries.
+
+    The kernels keep a running maximum from ``-inf`` and take an entry when
+    ``value > max or isnan(value)``: the last NaN if there is one, else the
+    first maximum (the first entry when all are ``-inf``). Ties never split.
+    """
+    nan = torch.isnan(v)
+    last_nan = (v.shape[dim] - 1) - nan.flip(dim).to(torch.int32).argmax(dim, keepdim=True)
+    first = torch.where(nan, torch.full_like(v, -math.inf), v).argmax(dim, keepdim=True)
+    return torch.where(nan.any(dim, keepdim=True), last_nan, first)
