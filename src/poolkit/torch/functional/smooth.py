@@ -39,7 +39,7 @@ from .._core import (
     windowed,
     zero_nonfinite,
 )
-from .._taps import TapAdjoint, tap_bias, taps, window_max, window_sum
+from .._taps import TapAdjoint, tap_bias, taps, window_peak, window_sum
 
 __all__ = [
     "gem_pool",
@@ -279,7 +279,7 @@ class _LSEFunction(torch.autograd.Function):
 def _lse_forward(
     x: torch.Tensor, r: torch.Tensor, spec: WindowSpec
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    m_raw = window_max(x, spec)
+    m_raw = window_peak(x, spec)
     bad = ~torch.isfinite(m_raw)
     m = torch.where(bad, torch.zeros_like(m_raw), m_raw)
     s = _lse_sums(x, r, spec, m)
@@ -343,28 +343,100 @@ def _lse_pool(
 # --------------------------------------------------------------------------- SoftPool
 
 
-def _soft_sums(
-    x: torch.Tensor, spec: WindowSpec, m: torch.Tensor, numerator: bool = True
+def _weight_sums(
+    x: torch.Tensor, logits: torch.Tensor, spec: WindowSpec, m: torch.Tensor, numerator: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``S = sum exp(x - m)`` and ``sum exp(x - m) x`` over each window's taps inside the input."""
+    """``S = sum exp(l - m)`` and ``sum exp(l - m) x`` over each window's taps inside the input.
+
+    SoftPool's (``logits is x``) and LIP's. Outside autograd one output-shaped
+    buffer serves every tap (fresh memory costs more than the arithmetic);
+    under autograd (double backward) the ops are out of place.
+    """
     xp = pad_to_windows(x, spec, 0.0)
+    lp = xp if logits is x else pad_to_windows(logits, spec, 0.0)
     bias = tap_bias(spec, x)
     s = torch.zeros_like(m)
     num = torch.zeros_like(m) if numerator else None
-    for _, (xv, bv) in taps(spec, xp, bias):
-        u = xv - m
-        e = torch.exp(u if bv is None else u + bv)
+    tracked = torch.is_grad_enabled() and needs_grad(x, logits, m)
+    e = None if tracked else torch.empty_like(m)
+    for _, (xv, lv, bv) in taps(spec, xp, lp, bias):
+        if e is None:
+            u = lv - m
+            w = torch.exp(u if bv is None else u + bv)
+            s = s + w
+            if num is not None:
+                num = num + w * xv
+            continue
+        torch.sub(lv, m, out=e)
+        if bv is not None:
+            e.add_(bv)
+        e.exp_()
         s.add_(e)
         if num is not None:
             num.addcmul_(e, xv)
     return s, num
 
 
+def _weighted_adjoint(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    spec: WindowSpec,
+    m: torch.Tensor,
+    scale: torch.Tensor,
+    y: torch.Tensor,
+    want_w: bool,
+    want_d: bool,
+    plus: float = 0.0,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Adjoints of the weighted mean ``y = sum w_i x_i / S``, ``w_i = exp(l_i - m)``.
+
+    With ``scale = g / S``: ``sum_windows w_i scale`` (the gradient reaching
+    ``x_i`` as a value) and ``sum_windows w_i scale (x_i - y + plus)`` (through
+    the weights: LIP's logits with ``plus = 0``; SoftPool adds both, which is
+    ``plus = 1`` in the second alone). Buffers are reused outside autograd.
+    """
+    xp = pad_to_windows(x, spec, 0.0)
+    lp = xp if logits is x else pad_to_windows(logits, spec, 0.0)
+    bias = tap_bias(spec, x)
+    acc_w = TapAdjoint(spec, x) if want_w else None
+    acc_d = TapAdjoint(spec, x) if want_d else None
+    tracked = torch.is_grad_enabled()
+    e = None if tracked else torch.empty_like(m)
+    t = None if tracked or not want_d else torch.empty_like(m)
+    for idx, (xv, lv, bv) in taps(spec, xp, lp, bias):
+        if e is None:
+            u = lv - m
+            w = torch.exp(u if bv is None else u + bv) * scale
+            if acc_w is not None:
+                acc_w.add(idx, w)
+            if acc_d is not None:
+                acc_d.add(idx, w * (xv - y + plus))
+            continue
+        torch.sub(lv, m, out=e)
+        if bv is not None:
+            e.add_(bv)
+        e.exp_()
+        e.mul_(scale)
+        if acc_w is not None:
+            acc_w.add(idx, e)
+        if acc_d is not None:
+            assert t is not None
+            torch.sub(xv, y, out=t)
+            if plus:
+                t.add_(plus)
+            t.mul_(e)
+            acc_d.add(idx, t)
+    return (
+        None if acc_w is None else acc_w.result(),
+        None if acc_d is None else acc_d.result(),
+    )
+
+
 def _soft_forward(x: torch.Tensor, spec: WindowSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    m_raw = window_max(x, spec)
+    m_raw = window_peak(x, spec)
     bad = ~torch.isfinite(m_raw)
     m = torch.where(bad, torch.zeros_like(m_raw), m_raw)
-    s, num = _soft_sums(x, spec, m)
+    s, num = _weight_sums(x, x, spec, m)
     assert num is not None
     # +inf wins the softmax outright; a window of -inf stays -inf; NaN stays NaN.
     y = torch.where(bad, m_raw, num / s)
@@ -384,16 +456,11 @@ class _SoftPoolFunction(torch.autograd.Function):
         x, y, m, s = ctx.saved_tensors  # m: 0, s: +inf in windows with a NaN or infinite maximum
         spec = ctx.spec
         if torch.is_grad_enabled():  # double backward: S as a function of x (y is an output)
-            s = torch.where(torch.isinf(s), s, _soft_sums(x, spec, m, numerator=False)[0])
-        scale = g / s
-        xp = pad_to_windows(x, spec, 0.0)
-        bias = tap_bias(spec, x)
-        acc = TapAdjoint(spec, x)
-        for idx, (xv, bv) in taps(spec, xp, bias):  # dy/dx_i = w_i (1 + x_i - y)
-            u = xv - m
-            w = torch.exp(u if bv is None else u + bv) * scale
-            acc.add(idx, w * (xv - y + 1))
-        return zero_nonfinite(acc.result()), None
+            s = torch.where(torch.isinf(s), s, _weight_sums(x, x, spec, m, numerator=False)[0])
+        # dy/dx_i = w_i (1 + x_i - y) / S
+        _, gx = _weighted_adjoint(x, x, spec, m, g / s, y, want_w=False, want_d=True, plus=1.0)
+        assert gx is not None
+        return zero_nonfinite(gx), None
 
 
 def soft_pool(
@@ -446,31 +513,13 @@ def _soft_pool(
 # --------------------------------------------------------------------------- LIP
 
 
-def _lip_sums(
-    x: torch.Tensor, logits: torch.Tensor, spec: WindowSpec, m: torch.Tensor, numerator: bool = True
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``S = sum exp(l - m)`` and ``sum exp(l - m) x`` over each window's taps inside the input."""
-    xp = pad_to_windows(x, spec, 0.0)
-    lp = pad_to_windows(logits, spec, 0.0)
-    bias = tap_bias(spec, x)
-    s = torch.zeros_like(m)
-    num = torch.zeros_like(m) if numerator else None
-    for _, (xv, lv, bv) in taps(spec, xp, lp, bias):
-        u = lv - m
-        e = torch.exp(u if bv is None else u + bv)
-        s.add_(e)
-        if num is not None:
-            num.addcmul_(e, xv)
-    return s, num
-
-
 def _lip_forward(
     x: torch.Tensor, logits: torch.Tensor, spec: WindowSpec
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    m_raw = window_max(logits, spec)
+    m_raw = window_peak(logits, spec)
     bad_l = ~torch.isfinite(m_raw)
     m = torch.where(bad_l, torch.zeros_like(m_raw), m_raw)
-    s, num = _lip_sums(x, logits, spec, m)
+    s, num = _weight_sums(x, logits, spec, m)
     assert num is not None
     # NaN or +inf logits: undefined weights; all -inf: no weight at all.
     y = torch.where(bad_l, torch.full_like(s, float("nan")), num / s)
@@ -493,24 +542,13 @@ class _LIPFunction(torch.autograd.Function):
         spec = ctx.spec
         bad = torch.isinf(s)
         if torch.is_grad_enabled():  # double backward: S as a function of the logits (y is an output)
-            s = torch.where(bad, s, _lip_sums(x, logits, spec, m, numerator=False)[0])
+            s = torch.where(bad, s, _weight_sums(x, logits, spec, m, numerator=False)[0])
         y0 = torch.where(bad, torch.zeros_like(y), y)
-        scale = g / s
-        xp = pad_to_windows(x, spec, 0.0)
-        lp = pad_to_windows(logits, spec, 0.0)
-        bias = tap_bias(spec, x)
         want_x, want_l = ctx.needs_input_grad[:2]
-        acc_x = TapAdjoint(spec, x) if want_x else None
-        acc_l = TapAdjoint(spec, x) if want_l else None
-        for idx, (xv, lv, bv) in taps(spec, xp, lp, bias):  # dy/dx_i = w_i, dy/dl_i = w_i (x_i - y)
-            u = lv - m
-            w = torch.exp(u if bv is None else u + bv) * scale
-            if acc_x is not None:
-                acc_x.add(idx, w)
-            if acc_l is not None:
-                acc_l.add(idx, (xv - y0) * w)
-        gx = zero_nonfinite(acc_x.result()) if acc_x is not None else None
-        gl = zero_nonfinite(acc_l.result()) if acc_l is not None else None
+        # dy/dx_i = w_i / S, dy/dl_i = w_i (x_i - y) / S
+        gx, gl = _weighted_adjoint(x, logits, spec, m, g / s, y0, want_w=want_x, want_d=want_l)
+        gx = zero_nonfinite(gx) if gx is not None else None
+        gl = zero_nonfinite(gl) if gl is not None else None
         return gx, gl, None
 
 
