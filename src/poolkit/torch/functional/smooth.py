@@ -360,21 +360,28 @@ def _weight_sums(
     tracked = torch.is_grad_enabled() and needs_grad(x, logits, m)
     e = None if tracked else torch.empty_like(m)
     for _, (xv, lv, bv) in taps(spec, xp, lp, bias):
+        w = _tap_weight(lv, m, bv, e)
         if e is None:
-            u = lv - m
-            w = torch.exp(u if bv is None else u + bv)
             s = s + w
+            num = None if num is None else num + w * xv
+        else:
+            s.add_(w)
             if num is not None:
-                num = num + w * xv
-            continue
-        torch.sub(lv, m, out=e)
-        if bv is not None:
-            e.add_(bv)
-        e.exp_()
-        s.add_(e)
-        if num is not None:
-            num.addcmul_(e, xv)
+                num.addcmul_(w, xv)
     return s, num
+
+
+def _tap_weight(
+    lv: torch.Tensor, m: torch.Tensor, bv: torch.Tensor | None, out: torch.Tensor | None
+) -> torch.Tensor:
+    """``exp(l - m)`` at one tap (``bv``: -inf in padding), written into ``out`` when given (no autograd)."""
+    if out is None:
+        u = lv - m
+        return torch.exp(u if bv is None else u + bv)
+    torch.sub(lv, m, out=out)
+    if bv is not None:
+        out.add_(bv)
+    return out.exp_()
 
 
 def _weighted_adjoint(
@@ -404,28 +411,19 @@ def _weighted_adjoint(
     e = None if tracked else torch.empty_like(m)
     t = None if tracked or not want_d else torch.empty_like(m)
     for idx, (xv, lv, bv) in taps(spec, xp, lp, bias):
-        if e is None:
-            u = lv - m
-            w = torch.exp(u if bv is None else u + bv) * scale
-            if acc_w is not None:
-                acc_w.add(idx, w)
-            if acc_d is not None:
-                acc_d.add(idx, w * (xv - y + plus))
-            continue
-        torch.sub(lv, m, out=e)
-        if bv is not None:
-            e.add_(bv)
-        e.exp_()
-        e.mul_(scale)
+        w = _tap_weight(lv, m, bv, e)
+        w = w * scale if e is None else w.mul_(scale)
         if acc_w is not None:
-            acc_w.add(idx, e)
-        if acc_d is not None:
-            assert t is not None
+            acc_w.add(idx, w)
+        if acc_d is None:
+            continue
+        if t is None:
+            acc_d.add(idx, w * (xv - y + plus))
+        else:
             torch.sub(xv, y, out=t)
             if plus:
                 t.add_(plus)
-            t.mul_(e)
-            acc_d.add(idx, t)
+            acc_d.add(idx, t.mul_(w))
     return (
         None if acc_w is None else acc_w.result(),
         None if acc_d is None else acc_d.result(),
