@@ -36,6 +36,7 @@ __all__ = [
     "inside_mask",
     "tap_bias",
     "window_sum",
+    "window_sum_adjoint",
     "window_max",
     "window_peak",
     "first_max",
@@ -144,6 +145,30 @@ def window_sum(x: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
         total = v if total is None else total + v
     assert total is not None
     return total
+
+
+_AVG_BACKWARD = {2: torch.ops.aten.avg_pool2d_backward, 3: torch.ops.aten.avg_pool3d_backward}
+
+
+def window_sum_adjoint(w: torch.Tensor, spec: WindowSpec, like: torch.Tensor) -> torch.Tensor:
+    """The adjoint of :func:`window_sum`: each input position gets the sum of ``w`` over its windows.
+
+    PyTorch's average-pooling backward (a gather per input position,
+    deterministic on every device; differentiable again) except with
+    dilation and on portable 3-D calls, which add ``w`` into tap views.
+    """
+    nd = spec.ndim
+    if any(ax.dilation != 1 for ax in spec.axes) or (nd == 3 and portable(like)):
+        return TapAdjoint(spec, like).add_all(itertools.repeat(w)).result()
+    padded = [ax.size + ax.pad_lo + ax.pad_hi + ax.overhang for ax in spec.axes]
+    k, s = list(spec.kernel_size), list(spec.stride)
+    g = w * math.prod(k)  # the kernel divides by the volume
+    if nd == 1:  # there is no 1-D kernel: a 2-D one with a unit axis
+        g, padded, k, s = g.unsqueeze(2), [1, *padded], [1, *k], [1, *s]
+    shape = (*like.shape[:2], *padded)
+    dummy = torch.empty(shape, dtype=g.dtype, device=g.device)  # only its shape is read
+    gp = _AVG_BACKWARD[max(nd, 2)](g, dummy, k, s, [0] * len(k), False, True, None)
+    return unpad(gp.squeeze(2) if nd == 1 else gp, spec)
 
 
 def window_max(x: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
