@@ -143,3 +143,35 @@ def mixed_boxes(rng, n_images, k, h, w, scale=1.0):
     m = min(k, len(special))
     b[:m] = special[:m]
     return np.concatenate([rng.integers(0, n_images, (k, 1)).astype(float), b], axis=1)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+def nonfinite_gem_input() -> np.ndarray:
+    """GeM windows holding NaN, +inf and -inf (channels-last pairs of finite windows beside them)."""
+    x = np.array([[[[NAN, 1.0], [2.0, 3.0]], [[INF, 1.0], [2.0, 3.0]], [[-INF, 1.0], [2.0, 3.0]]]])
+    return np.concatenate([x, np.full_like(x, 2.0)], axis=-1)
+
+
+def nonfinite_lip_inputs() -> tuple[np.ndarray, np.ndarray]:
+    """LIP inputs and logits with NaN, +-inf and +-1e4 logits and NaN/inf values, one window each."""
+    ones = np.ones((2, 2))
+    x = np.stack(
+        [ones * 2.0] * 5 + [[[NAN, 1.0], [2.0, 3.0]], [[INF, 1.0], [2.0, 3.0]], [[INF, 1.0], [2.0, 3.0]]]
+    )
+    logits = np.stack(
+        [
+            [[NAN, 0.0], [0.0, 0.0]],
+            [[INF, 0.0], [0.0, 0.0]],
+            [[-INF] * 2] * 2,
+            [[-INF, 0.0], [0.0, 0.0]],
+            [[1e4, -1e4], [0.0, 0.0]],
+            ones * 0,
+            ones * 0,
+            [[-1e4, 0.0], [0.0, 0.0]],
+        ]
+    )
+    x = np.concatenate([x[None], np.tile([[1.0, 2.0], [3.0, 4.0]], (1, 8, 1, 1))], axis=-1)
+    logits = np.concatenate([logits[None], np.tile([[0.5, -1.0], [2.0, 0.0]], (1, 8, 1, 1))], axis=-1)
+    return x, logits

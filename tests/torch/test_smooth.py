@@ -14,7 +14,7 @@ from poolkit import registry
 from poolkit.errors import PoolingConfigError, PoolingInputError
 from poolkit.ops import vjp
 
-from cases import RESEARCH_CASES, Case
+from cases import RESEARCH_CASES, Case, nonfinite_gem_input, nonfinite_lip_inputs
 from torch_helpers import DEVICES
 
 LAYOUTS = ["channels_first", "channels_last"]
@@ -197,33 +197,6 @@ def _soft_lse_input() -> np.ndarray:
     return np.concatenate([x, np.tile([[1.0, 2.0], [3.0, 4.0]], (1, 3, 1, 1))], axis=-1)
 
 
-def _gem_input() -> np.ndarray:
-    x = np.array([[[[NAN, 1.0], [2.0, 3.0]], [[INF, 1.0], [2.0, 3.0]], [[-INF, 1.0], [2.0, 3.0]]]])
-    return np.concatenate([x, np.full_like(x, 2.0)], axis=-1)
-
-
-def _lip_inputs() -> tuple[np.ndarray, np.ndarray]:
-    ones = np.ones((2, 2))
-    x = np.stack(
-        [ones * 2.0] * 5 + [[[NAN, 1.0], [2.0, 3.0]], [[INF, 1.0], [2.0, 3.0]], [[INF, 1.0], [2.0, 3.0]]]
-    )
-    logits = np.stack(
-        [
-            [[NAN, 0.0], [0.0, 0.0]],
-            [[INF, 0.0], [0.0, 0.0]],
-            [[-INF] * 2] * 2,
-            [[-INF, 0.0], [0.0, 0.0]],
-            [[1e4, -1e4], [0.0, 0.0]],
-            ones * 0,
-            ones * 0,
-            [[-1e4, 0.0], [0.0, 0.0]],
-        ]
-    )
-    x = np.concatenate([x[None], np.tile([[1.0, 2.0], [3.0, 4.0]], (1, 8, 1, 1))], axis=-1)
-    logits = np.concatenate([logits[None], np.tile([[0.5, -1.0], [2.0, 0.0]], (1, 8, 1, 1))], axis=-1)
-    return x, logits
-
-
 @pytest.mark.parametrize(
     "window", [dict(kernel_size=2), dict(kernel_size=2, stride=1, padding=1)], ids=["tiles", "overlap-pad"]
 )
@@ -232,8 +205,8 @@ def _lip_inputs() -> tuple[np.ndarray, np.ndarray]:
     [
         ("soft_pool2d", (_soft_lse_input(),), {}),
         ("lse_pool2d", (_soft_lse_input(),), {"r": np.array([1.0, 2.0, 3.0])}),
-        ("gem_pool2d", (_gem_input(),), {"p": np.array([2.0, 3.0, 4.0])}),
-        ("lip_pool2d", _lip_inputs(), {}),
+        ("gem_pool2d", (nonfinite_gem_input(),), {"p": np.array([2.0, 3.0, 4.0])}),
+        ("lip_pool2d", nonfinite_lip_inputs(), {}),
     ],
     ids=["soft", "lse", "gem", "lip"],
 )

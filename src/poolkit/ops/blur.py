@@ -194,9 +194,10 @@ class _Blur:
         return tuple(range(nd)) if self.channels_last else tuple(reversed(range(nd)))
 
 
-def _plan_blur(
-    op: str, spatial: Sequence[int], filt_size: Any, stride: Any, pad_mode: Any, padding: Any, batch: Batch
-) -> _Blur:
+def blur_plan(
+    op: str, spatial: Sequence[int], filt_size: Any, stride: Any, pad_mode: Any, padding: Any
+) -> tuple[str, WindowSpec, tuple[tuple[float, ...], ...]]:
+    """The checks and geometry of :func:`blur_pool` for every backend: pad mode, windows, binomial weights."""
     nd = len(spatial)
     mode = check_choice(op, "pad_mode", pad_mode, PAD_MODES)
     filt = int_tuple(op, "filt_size", filt_size, nd, 1)
@@ -214,13 +215,20 @@ def _plan_blur(
     if padding is None or padding == "antialiased":
         padding = tuple(((f - 1) // 2, f // 2) for f in filt)
     spec = window_spec(spatial, filt, stride, padding, 1, False, op=op)
+    return mode, spec, tuple(tuple(float(v) for v in binomial_filter(f)) for f in filt)
+
+
+def _plan_blur(
+    op: str, spatial: Sequence[int], filt_size: Any, stride: Any, pad_mode: Any, padding: Any, batch: Batch
+) -> _Blur:
+    mode, spec, weights = blur_plan(op, spatial, filt_size, stride, pad_mode, padding)
+    filt = spec.kernel_size
     padded = None
     if mode != "constant":
         sizes = [ax.size + ax.pad_lo + ax.pad_hi for ax in spec.axes]
         padded = window_spec(sizes, filt, spec.stride, 0, 1, False, op=op)
     dtype = batch.x.dtype
-    weights = tuple(binomial_filter(f).astype(dtype) for f in filt)
-    return _Blur(spec, padded, mode, weights, batch.channels_last)
+    return _Blur(spec, padded, mode, tuple(np.asarray(w, dtype) for w in weights), batch.channels_last)
 
 
 def _source(m: int, n: int, mode: str) -> int:

@@ -22,10 +22,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..._validate import check_choice, int_tuple
-from ...errors import PoolingConfigError, PoolingInputError
+from ..._validate import check_choice
+from ...errors import PoolingInputError
 from ...geometry import AxisWindow, WindowSpec, adaptive_output_size, window_spec
-from ...ops.blur import MAX_FILT, PAD_MODES, _source, binomial_filter
+from ...ops.blur import _source, blur_plan
 from ...ops.wavelet import WAVELETS
 from .._core import Layout, batch_size, pad_windows, public, scalar, separable_max, window_axes, window_sum
 from .smooth import compute_dtype, finish, prepare, tap_index
@@ -40,31 +40,6 @@ def _axis_index(nd: int, axis: int, sl: slice) -> tuple[slice, ...]:
 
 
 # --------------------------------------------------------------------------- blur
-
-
-def blur_plan(
-    op: str, spatial: Sequence[int], filt_size: Any, stride: Any, pad_mode: Any, padding: Any
-) -> tuple[str, WindowSpec, tuple[tuple[float, ...], ...]]:
-    """The checks and geometry of :func:`poolkit.ops.blur_pool`: pad mode, windows, binomial weights."""
-    nd = len(spatial)
-    mode = check_choice(op, "pad_mode", pad_mode, PAD_MODES)
-    filt = int_tuple(op, "filt_size", filt_size, nd, 1)
-    for f in filt:
-        if f > MAX_FILT:
-            raise PoolingConfigError(
-                f"{op}: filt_size must be between 1 and {MAX_FILT} (the binomial filters of "
-                f"antialiased-cnns), got {f}. Pass filt_size=3, 5 or 7."
-            )
-    if isinstance(padding, str) and padding not in ("antialiased", "same", "valid"):
-        raise PoolingConfigError(
-            f"{op}: padding must be 'antialiased' (or None), an int, one int or (lo, hi) pair per "
-            f"axis, 'same' or 'valid', got {padding!r}."
-        )
-    if padding is None or padding == "antialiased":
-        padding = tuple(((f - 1) // 2, f // 2) for f in filt)
-    spec = window_spec(spatial, filt, stride, padding, 1, False, op=op)
-    weights = tuple(tuple(float(v) for v in binomial_filter(f)) for f in filt)
-    return mode, spec, weights
 
 
 def _pad_axis(a: Any, axis: int, ax: AxisWindow, mode: str) -> Any:

@@ -11,10 +11,11 @@ from typing import Any
 
 from ..._validate import check_choice
 from ...geometry import adaptive_output_size, check_window_settings, window_spec
+from ...ops.blur import blur_plan
 from ...ops.wavelet import WAVELETS
 from .. import functional as F
 from .._core import layout_of
-from ..functional.signal import blur_plan, spectral_sizes
+from ..functional.signal import spectral_sizes
 from ._base import KERAS_NAMES, PoolLayer, serializable
 from .smooth import Window
 

@@ -22,6 +22,7 @@ from ...ops._input import check_rank
 from .. import functional as F
 from .._core import layout_of
 from ._base import PoolLayer, WindowLayer, serializable
+from .classic import _GlobalPool
 
 __all__ = [
     *(f"GeMPool{n}D" for n in (1, 2, 3)),
@@ -205,12 +206,7 @@ class _GlobalGeMPool(_Learnable, PoolLayer):
             "data_format": self.data_format,
         }
 
-    def compute_output_shape(self, input_shape: Sequence[Any]) -> tuple[Any, ...]:
-        layout = self._layout_for(input_shape)
-        c = input_shape[layout.channel_axis]
-        if self.keepdims:
-            return layout.shape(input_shape[0], c, (1,) * layout.nd)
-        return (input_shape[0], c)
+    compute_output_shape = _GlobalPool.compute_output_shape  # (N, C), or with keepdims size-1 axes
 
 
 @serializable

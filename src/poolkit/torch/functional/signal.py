@@ -12,17 +12,14 @@ in their own dtype, exactly) and returned in the input dtype.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..._validate import check_choice
 from ...errors import PoolingInputError
 from ...geometry import AxisWindow, WindowSpec, adaptive_output_size, window_spec
-from ...ops.blur import _plan_blur, _source
+from ...ops.blur import _source, blur_plan
 from ...ops.wavelet import WAVELETS
 from .._core import (
     aliases,
@@ -64,18 +61,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- blur
-
-
-# What poolkit.ops.blur._plan_blur reads of its batch: the dtype of the weights and the layout.
-_FLOAT64 = SimpleNamespace(x=SimpleNamespace(dtype=np.dtype(np.float64)), channels_last=False)
-
-
-def blur_plan(
-    op: str, spatial: Sequence[int], filt_size: Any, stride: Any, pad_mode: Any, padding: Any
-) -> tuple[str, WindowSpec, tuple[tuple[float, ...], ...]]:
-    """:func:`poolkit.ops.blur_pool`'s own checks, geometry and binomial weights: pad mode, windows, weights."""
-    plan = _plan_blur(op, spatial, filt_size, stride, pad_mode, padding, _FLOAT64)  # type: ignore[arg-type]
-    return plan.mode, plan.spec, tuple(tuple(float(v) for v in w) for w in plan.weights)
 
 
 def _pad_axis(a: torch.Tensor, axis: int, ax: AxisWindow, mode: str) -> torch.Tensor:

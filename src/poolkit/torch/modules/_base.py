@@ -15,7 +15,7 @@ from ...errors import PoolingConfigError
 from ...geometry import check_window_settings as check_window
 from ...ops._input import DATA_FORMATS
 
-__all__ = ["PoolModule", "check_window", "check_generator", "clamp_straight_through"]
+__all__ = ["PoolModule", "WindowModule", "check_window", "check_generator", "clamp_straight_through"]
 
 
 class PoolModule(torch.nn.Module):
@@ -62,6 +62,25 @@ class PoolModule(torch.nn.Module):
 
     def _set_format(self, data_format: Any) -> None:
         self.data_format = check_choice(type(self).__name__, "data_format", data_format, DATA_FORMATS)
+
+
+class WindowModule(PoolModule):
+    """A module whose only settings are the window (no dilation) and the data format."""
+
+    settings = ("kernel_size", "stride", "padding", "ceil_mode", "data_format")
+
+    def __init__(
+        self,
+        kernel_size: Any,
+        stride: Any = None,
+        padding: Any = 0,
+        ceil_mode: bool = False,
+        *,
+        data_format: str = "channels_first",
+    ) -> None:
+        super().__init__()
+        self._set_window(kernel_size, stride, padding, ceil_mode)
+        self._set_format(data_format)
 
 
 def check_generator(name: str, generator: Any) -> Any:

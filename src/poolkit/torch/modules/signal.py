@@ -6,10 +6,10 @@ from typing import Any
 
 from ..._validate import check_choice
 from ...geometry import adaptive_output_size
+from ...ops.blur import blur_plan
 from ...ops.wavelet import WAVELETS
 from .. import functional as F
-from ..functional.signal import blur_plan
-from ._base import PoolModule, check_window
+from ._base import PoolModule, WindowModule, check_window
 
 __all__ = [
     *(f"BlurPool{n}d" for n in (1, 2, 3)),
@@ -227,21 +227,8 @@ class WaveletPool3d(_WaveletPool):
 # --------------------------------------------------------------------------- median
 
 
-class _MedianPool(PoolModule):
-    settings = ("kernel_size", "stride", "padding", "ceil_mode", "data_format")
-
-    def __init__(
-        self,
-        kernel_size: Any,
-        stride: Any = None,
-        padding: Any = 0,
-        ceil_mode: bool = False,
-        *,
-        data_format: str = "channels_first",
-    ) -> None:
-        super().__init__()
-        self._set_window(kernel_size, stride, padding, ceil_mode)
-        self._set_format(data_format)
+class _MedianPool(WindowModule):
+    """Median pooling: window settings only."""
 
 
 class MedianPool1d(_MedianPool):

@@ -10,7 +10,7 @@ from torch import nn
 from ..._validate import check_bool, check_int, check_real
 from ...errors import PoolingConfigError
 from .. import functional as F
-from ._base import PoolModule
+from ._base import PoolModule, WindowModule
 
 __all__ = [
     *(f"GeMPool{n}d" for n in (1, 2, 3)),
@@ -196,21 +196,8 @@ class LSEPool3d(_LSEPool):
 # --------------------------------------------------------------------------- SoftPool
 
 
-class _SoftPool(PoolModule):
-    settings = ("kernel_size", "stride", "padding", "ceil_mode", "data_format")
-
-    def __init__(
-        self,
-        kernel_size: Any,
-        stride: Any = None,
-        padding: Any = 0,
-        ceil_mode: bool = False,
-        *,
-        data_format: str = "channels_first",
-    ) -> None:
-        super().__init__()
-        self._set_window(kernel_size, stride, padding, ceil_mode)
-        self._set_format(data_format)
+class _SoftPool(WindowModule):
+    """SoftPool: window settings only."""
 
 
 class SoftPool1d(_SoftPool):
