@@ -13,6 +13,8 @@ import poolkit.torch.functional as TF
 from poolkit import registry
 from poolkit.errors import PoolingConfigError, PoolingInputError
 from poolkit.ops import vjp
+from poolkit.torch._core import window_shifts
+from poolkit.torch.functional import smooth
 
 from cases import RESEARCH_CASES, Case, nonfinite_gem_input, nonfinite_lip_inputs
 from torch_helpers import DEVICES
@@ -69,6 +71,62 @@ def test_research_cases_match_numpy(op, case: Case, layout, device, rng):
     arrays, params = _call(op, case, rng, per_channel=layout == "channels_first")
     arrays = tuple(_layout(a, layout) for a in arrays)
     _check_against_numpy(op, arrays, params, dict(data_format=layout, **case.window()), rng, device)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", [c.values[0] for c in RESEARCH_CASES], ids=[c.id for c in RESEARCH_CASES])
+@pytest.mark.parametrize("op", ["lse_pool", "soft_pool", "lip_pool"])
+def test_window_shifts_match_numpy(op, case: Case, layout, rng):
+    """The per-window shifts (taken on accelerators and in compiled graphs), forced on the CPU."""
+    arrays, params = _call(op, case, rng, per_channel=layout == "channels_first")
+    arrays = tuple(_layout(a, layout) for a in arrays)
+    with window_shifts():
+        _check_against_numpy(op, arrays, params, dict(data_format=layout, **case.window()), rng)
+
+
+def _far_below(dtype=torch.float32):
+    """A plane whose top-left 2x2 window sits at 0 and every other value 200 below: ``exp(-200)`` is 0."""
+    x = torch.full((1, 2, 4, 6), -200.0, dtype=dtype)
+    x[:, :, :2, :2] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("op", ["lse_pool", "soft_pool", "lip_pool"])
+def test_plane_shifts_are_taken_and_fall_back_when_weights_underflow(op, monkeypatch, rng):
+    """CPU calls shift by each plane's maximum unless a window's weights underflow; then by each window's."""
+    taken = []
+    plane_exp = smooth._plane_exp
+
+    def spy(*args, **kwargs):
+        out = plane_exp(*args, **kwargs)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(smooth, "_plane_exp", spy)
+    kw = dict(r=1.0) if op == "lse_pool" else {}
+
+    def run(x):
+        args = (torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(1)), x)
+        args = args if op == "lip_pool" else (x,)
+        leaves = [a.clone().requires_grad_(True) for a in args]
+        y = getattr(TF, op + "2d")(*leaves, 2, **kw)
+        y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape))
+        return y.detach(), [t.grad for t in leaves]
+
+    for x, plane in [(torch.randn(2, 3, 6, 8, dtype=torch.float64), True), (_far_below(), False)]:
+        taken.clear()
+        y, grads = run(x)
+        assert taken and all(t == plane for t in taken), taken
+        with window_shifts():
+            y_w, grads_w = run(x)
+        assert torch.isfinite(y).all()
+        torch.testing.assert_close(y, y_w, rtol=1e-6, atol=1e-6)
+        for g, g_w in zip(grads, grads_w):
+            torch.testing.assert_close(g, g_w, rtol=1e-6, atol=1e-6)
+    taken.clear()
+    with window_shifts():
+        run(torch.randn(1, 1, 4, 4))
+    assert taken == [False]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

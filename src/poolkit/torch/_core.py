@@ -46,6 +46,8 @@ __all__ = [
     "aliases",
     "portable",
     "force_portable",
+    "window_shifts",
+    "plane_shifts",
 ]
 
 
@@ -312,3 +314,36 @@ def portable(x: torch.Tensor) -> bool:
     if _FORCE_PORTABLE:
         return True
     return x.device.type != "cpu" and torch.are_deterministic_algorithms_enabled() and needs_grad(x)
+
+
+# --------------------------------------------------------------------------- plane shifts
+
+_FORCE_WINDOW_SHIFTS = False
+
+
+@contextlib.contextmanager
+def window_shifts(enabled: bool = True) -> Iterator[None]:
+    """Make :func:`plane_shifts` false inside the block: the softmax-type operators then shift by each
+    window's maximum, the path taken on accelerators and in compiled or exported graphs (tests)."""
+    global _FORCE_WINDOW_SHIFTS
+    previous, _FORCE_WINDOW_SHIFTS = _FORCE_WINDOW_SHIFTS, enabled
+    try:
+        yield
+    finally:
+        _FORCE_WINDOW_SHIFTS = previous
+
+
+def plane_shifts(x: torch.Tensor) -> bool:
+    """Whether SoftPool, LIP and LSE may first try one exponent shift per ``(n, c)`` plane.
+
+    A plane shift needs one exponential per input value, contiguous, where a
+    window shift needs one per window tap on strided views (several times
+    slower on the CPU), but its weights can underflow in windows far below
+    their plane's maximum. The result is checked on the host and the
+    per-window path runs when any window lost precision: a synchronisation,
+    so only eager CPU calls take it (not accelerators, compiled graphs,
+    tracing or export).
+    """
+    if _FORCE_WINDOW_SHIFTS or x.device.type != "cpu" or x.numel() == 0:
+        return False
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting())

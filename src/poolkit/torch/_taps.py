@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry import WindowSpec
-from ._core import crop_output, pad_pairs, pad_to_windows, portable
+from ._core import crop_output, divisor, pad_pairs, pad_to_windows, portable
 
 __all__ = [
     "MAX_POOL",
@@ -37,6 +37,10 @@ __all__ = [
     "tap_bias",
     "window_sum",
     "window_sum_adjoint",
+    "native_window",
+    "window_mean",
+    "window_mean_adjoint",
+    "tiling",
     "window_max",
     "window_peak",
     "first_max",
@@ -169,6 +173,81 @@ def window_sum_adjoint(w: torch.Tensor, spec: WindowSpec, like: torch.Tensor) ->
     dummy = torch.empty(shape, dtype=g.dtype, device=g.device)  # only its shape is read
     gp = _AVG_BACKWARD[max(nd, 2)](g, dummy, k, s, [0] * len(k), False, True, None)
     return unpad(gp.squeeze(2) if nd == 1 else gp, spec)
+
+
+def native_window(spec: WindowSpec) -> tuple[int, ...] | None:
+    """The padding with which PyTorch's average-pooling kernels compute ``spec``'s windows, else None.
+
+    Symmetric padding of at most half the kernel, no dilation (``ceil_mode``
+    is passed as it is: the kernels share poolkit's rule for the last window).
+    """
+    pads = []
+    for ax in spec.axes:
+        if ax.pad_lo != ax.pad_hi or ax.pad_lo > ax.kernel // 2 or ax.dilation != 1 or ax.size < ax.kernel:
+            return None
+        pads.append(ax.pad_lo)
+    return tuple(pads)
+
+
+def window_mean(x: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+    """Mean over each window's taps inside the input (padding and overhang are not counted).
+
+    PyTorch's average pooling with ``count_include_pad=False`` where it
+    computes these windows (:func:`native_window`; not on portable 3-D calls),
+    so no padded copy is made; else :func:`window_sum` over the divisor.
+    """
+    pads = native_window(spec)
+    if pads is None or (spec.ndim == 3 and portable(x)):
+        s = window_sum(x, spec)
+        return s / divisor(spec, False, s)
+    args: tuple[Any, ...] = (spec.kernel_size, spec.stride, pads, spec.ceil_mode, False)
+    return AVG_POOL[spec.ndim](x, *args)
+
+
+def window_mean_adjoint(w: torch.Tensor, spec: WindowSpec, like: torch.Tensor) -> torch.Tensor:
+    """The adjoint of :func:`window_mean`: each input position gets ``sum w / n`` over its windows.
+
+    Returns a new tensor shaped like ``like`` (callers may update it in place).
+    """
+    pads = native_window(spec)
+    if pads is None or (spec.ndim == 3 and portable(like)):
+        return window_sum_adjoint(w / divisor(spec, False, w), spec, like)
+    k, s, p = list(spec.kernel_size), list(spec.stride), list(pads)
+    if spec.ndim == 1:  # there is no 1-D kernel: a 2-D one with a unit axis
+        g = torch.ops.aten.avg_pool2d_backward(
+            w.unsqueeze(2), like.unsqueeze(2), [1, *k], [1, *s], [0, *p], spec.ceil_mode, False, None
+        )
+        return g.squeeze(2)
+    return _AVG_BACKWARD[spec.ndim](w, like, k, s, p, spec.ceil_mode, False, None)
+
+
+def tiling(spec: WindowSpec, *tensors: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """Shapes that split input-shaped ``tensors`` into their windows, where the windows tile the input.
+
+    When every axis has ``kernel == stride``, no padding or dilation and a
+    size that is a multiple of the kernel, and the tensors are contiguous,
+    ``t.view(split)`` is ``(N, C, out_1, k_1, out_2, k_2, ...)`` and
+    ``y.view(spread)`` gives an output-shaped ``y`` unit axes in between:
+    per-window values then broadcast over their windows' inputs with no
+    pooling kernel. Else None.
+    """
+    if not all(t.is_contiguous() for t in tensors):
+        return None
+    split: list[int] = []
+    spread: list[int] = []
+    for ax in spec.axes:
+        if (
+            ax.kernel != ax.stride
+            or ax.dilation != 1
+            or ax.pad_lo
+            or ax.pad_hi
+            or ax.out * ax.kernel != ax.size
+        ):
+            return None
+        split += [ax.out, ax.kernel]
+        spread += [ax.out, 1]
+    n, c = tensors[0].shape[:2]
+    return (n, c, *split), (n, c, *spread)
 
 
 def window_max(x: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
