@@ -290,6 +290,20 @@ def test_gem_overflow_and_underflow_pass_no_gradient():
         assert y.item() == expect and (x.grad == 0).all() and pt.grad == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gem_gradient_at_eps(dtype):
+    """The gradient passes at x == eps (the NumPy reference's rule) and stops just below it and for x < 0."""
+    eps = 1e-3
+    e = torch.tensor(eps, dtype=dtype)
+    below = torch.nextafter(e, torch.tensor(0.0, dtype=dtype))
+    x = torch.stack([e, below, e * 4, -e]).reshape(1, 1, 4).detach().requires_grad_(True)
+    TF.gem_pool1d(x, 2, p=3.0, eps=eps).sum().backward()
+    y, pullback = vjp("gem_pool", x.detach().numpy(), kernel_size=2, p=3.0, eps=eps)
+    ref = pullback(np.ones_like(y))["x"]
+    assert ref[0, 0, 0] > 0 and ref[0, 0, 1] == 0 and ref[0, 0, 3] == 0
+    np.testing.assert_allclose(x.grad.numpy(), ref, rtol=1e-6)
+
+
 # --------------------------------------------------------------------------- memory
 
 

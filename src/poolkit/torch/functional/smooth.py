@@ -28,6 +28,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..._validate import check_bool, check_real
 from ...errors import PoolingInputError
@@ -151,20 +152,29 @@ class _GeMFunction(torch.autograd.Function):
         if torch.is_grad_enabled():  # double backward: the mean as a function of x and p (y is an output)
             mean, cp = _gem_mean(x, p if ctx.power is None else ctx.power, eps, pool)
         ratio = y / mean  # y^(1-p); NaN, inf or 0/0 in windows that overflowed, underflowed or hold NaN/inf
-        bad = ~torch.isfinite(ratio.detach())
-        w = torch.where(bad, torch.zeros_like(ratio), ratio) * g
+        if torch.is_grad_enabled():
+            bad = ~torch.isfinite(ratio.detach())
+            w = torch.where(bad, torch.zeros_like(ratio), ratio) * g
+        else:
+            bad = None
+            w = ratio.nan_to_num_(0.0, 0.0, 0.0).mul_(g)
         gx = gp = None
-        if ctx.needs_input_grad[0]:  # torch.clamp(min=eps) passes the gradient where x >= eps, c = x there
+        if ctx.needs_input_grad[0]:  # the gradient passes where x >= eps (c = x there)
             gx = pool.adjoint(w, x, cp)  # times c^(p-1) = c^p / c
             if torch.is_grad_enabled():
                 gx = zero_nonfinite(
                     torch.where(x >= eps, gx / x, torch.zeros((), dtype=x.dtype, device=x.device))
                 )
             else:
-                gx = gx.div_(x).masked_fill_(x < eps, 0.0).nan_to_num_(0.0, 0.0, 0.0)
+                # x where x >= eps, else +inf: the quotient is 0 there (F.threshold keeps values > t)
+                below = float(
+                    torch.nextafter(torch.tensor(eps, dtype=x.dtype), torch.tensor(-_INF, dtype=x.dtype))
+                )
+                gx = gx.div_(F.threshold(x, below, _INF)).nan_to_num_(0.0, 0.0, 0.0)
         if ctx.needs_input_grad[1]:  # dy/dp = (y / p) (mean(c^p log c) / mean(c^p) - log y)
             t = pool.mean(cp * x.clamp(min=eps).log())
             gpw = (t / mean - y.log()) * y / p * g
+            bad = ~torch.isfinite(y / mean) if bad is None else bad
             gp = torch.where(bad, torch.zeros_like(gpw), gpw).sum_to_size(p.shape)
         return gx, gp, None, None, None
 
