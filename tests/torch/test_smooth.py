@@ -13,7 +13,7 @@ import poolkit.torch.functional as TF
 from poolkit import registry
 from poolkit.errors import PoolingConfigError, PoolingInputError
 from poolkit.ops import vjp
-from poolkit.torch._core import window_shifts
+from poolkit.torch._core import generic_paths
 from poolkit.torch.functional import smooth
 
 from cases import RESEARCH_CASES, Case, nonfinite_gem_input, nonfinite_lip_inputs
@@ -80,7 +80,7 @@ def test_window_shifts_match_numpy(op, case: Case, layout, rng):
     """The per-window shifts (taken on accelerators and in compiled graphs), forced on the CPU."""
     arrays, params = _call(op, case, rng, per_channel=layout == "channels_first")
     arrays = tuple(_layout(a, layout) for a in arrays)
-    with window_shifts():
+    with generic_paths():
         _check_against_numpy(op, arrays, params, dict(data_format=layout, **case.window()), rng)
 
 
@@ -117,14 +117,14 @@ def test_plane_shifts_are_taken_and_fall_back_when_weights_underflow(op, monkeyp
         taken.clear()
         y, grads = run(x)
         assert taken and all(t == plane for t in taken), taken
-        with window_shifts():
+        with generic_paths():
             y_w, grads_w = run(x)
         assert torch.isfinite(y).all()
         torch.testing.assert_close(y, y_w, rtol=1e-6, atol=1e-6)
         for g, g_w in zip(grads, grads_w):
             torch.testing.assert_close(g, g_w, rtol=1e-6, atol=1e-6)
     taken.clear()
-    with window_shifts():
+    with generic_paths():
         run(torch.randn(1, 1, 4, 4))
     assert taken == [False]
 

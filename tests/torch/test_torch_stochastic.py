@@ -16,6 +16,7 @@ import poolkit.torch.functional as TF
 from poolkit.errors import PoolingConfigError, PoolingInputError
 from poolkit.geometry import window_spec
 from poolkit.ops.s3 import _rows as numpy_rows
+from poolkit.torch._core import generic_paths
 
 from cases import RESEARCH_CASES, Case
 from helpers import chisquare_p, distinct
@@ -169,10 +170,17 @@ def _alpha(rng, case: Case, mode):
     }[mode]
 
 
+@pytest.mark.parametrize("path", ["cpu-fast", "generic"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["layer", "channel", "window"])
 @pytest.mark.parametrize("case,layout", RESEARCH_CASES)
-def test_mixed_matches_numpy(case: Case, layout, mode, device, rng):
+def test_mixed_matches_numpy(case: Case, layout, mode, device, path, rng):
+    """The CPU's one-gradient Function (contiguous inputs) and the generic autograd path."""
+    with generic_paths(path == "generic"):
+        _mixed_parity(case, layout, mode, device, rng)
+
+
+def _mixed_parity(case: Case, layout, mode, device, rng):
     x = _layout(distinct(case.shape, rng), layout)  # tie-free: both backends' max rules agree anyway
     alpha = np.array(_alpha(rng, case, mode))
     kw = dict(case.window(), mode=mode, data_format=layout)
@@ -207,17 +215,20 @@ def test_mixed_draws_lambda_in_zero_one_per_mode_and_alpha_one_is_max():
     torch.testing.assert_close(TF.mixed_pool2d(x, 2, training=False), (mx + av) / 2)
 
 
-def test_mixed_non_finite_windows_follow_the_reference():
+@pytest.mark.parametrize("path", ["cpu-fast", "generic"])
+def test_mixed_non_finite_windows_follow_the_reference(path):
     x = np.array([[[np.inf, -np.inf, 1.0, np.nan, 2.0, 3.0]]])
     for alpha in (0.0, 0.3, 1.0):
         xt = _tensor(x, grad=True)
         at = _tensor(alpha, grad=True)
         y, pullback = P.vjp("mixed_pool1d", x, kernel_size=2, alpha=alpha)
-        yt = TF.mixed_pool1d(xt, 2, alpha=at)
+        with generic_paths(path == "generic"):
+            yt = TF.mixed_pool1d(xt, 2, alpha=at)
+            yt.backward(torch.ones_like(yt))
         np.testing.assert_array_equal(yt.detach().numpy(), y)
-        yt.backward(torch.ones_like(yt))
         ref = pullback(np.ones_like(y))
         assert np.isfinite(at.grad.item()) and at.grad.item() == pytest.approx(float(ref["alpha"]))
+        np.testing.assert_allclose(xt.grad.numpy(), ref["x"])
 
 
 def test_mixed_gradgradcheck():

@@ -46,8 +46,8 @@ __all__ = [
     "aliases",
     "portable",
     "force_portable",
-    "window_shifts",
-    "plane_shifts",
+    "generic_paths",
+    "cpu_fast_path",
 ]
 
 
@@ -316,34 +316,33 @@ def portable(x: torch.Tensor) -> bool:
     return x.device.type != "cpu" and torch.are_deterministic_algorithms_enabled() and needs_grad(x)
 
 
-# --------------------------------------------------------------------------- plane shifts
+# --------------------------------------------------------------------------- CPU fast paths
 
-_FORCE_WINDOW_SHIFTS = False
+_FORCE_GENERIC = False
 
 
 @contextlib.contextmanager
-def window_shifts(enabled: bool = True) -> Iterator[None]:
-    """Make :func:`plane_shifts` false inside the block: the softmax-type operators then shift by each
-    window's maximum, the path taken on accelerators and in compiled or exported graphs (tests)."""
-    global _FORCE_WINDOW_SHIFTS
-    previous, _FORCE_WINDOW_SHIFTS = _FORCE_WINDOW_SHIFTS, enabled
+def generic_paths(enabled: bool = True) -> Iterator[None]:
+    """Make :func:`cpu_fast_path` false inside the block: operators then take the paths they take on
+    accelerators and in compiled or exported graphs (tests)."""
+    global _FORCE_GENERIC
+    previous, _FORCE_GENERIC = _FORCE_GENERIC, enabled
     try:
         yield
     finally:
-        _FORCE_WINDOW_SHIFTS = previous
+        _FORCE_GENERIC = previous
 
 
-def plane_shifts(x: torch.Tensor) -> bool:
-    """Whether SoftPool, LIP and LSE may first try one exponent shift per ``(n, c)`` plane.
+def cpu_fast_path(x: torch.Tensor) -> bool:
+    """Whether an operator may take its eager-CPU formulation for ``x``.
 
-    A plane shift needs one exponential per input value, contiguous, where a
-    window shift needs one per window tap on strided views (several times
-    slower on the CPU), but its weights can underflow in windows far below
-    their plane's maximum. The result is checked on the host and the
-    per-window path runs when any window lost precision: a synchronisation,
-    so only eager CPU calls take it (not accelerators, compiled graphs,
-    tracing or export).
+    These paths read a value on the host (SoftPool, LIP and LSE shift their
+    exponents by each plane's maximum and check that no window's weights
+    underflowed, else they shift by each window's), or use kernels that are
+    deterministic on the CPU only (mixed pooling adds its max gradient with
+    ``scatter_add_``). Accelerators, compiled graphs, tracing and export take
+    the generic paths, which need neither.
     """
-    if _FORCE_WINDOW_SHIFTS or x.device.type != "cpu" or x.numel() == 0:
+    if _FORCE_GENERIC or x.device.type != "cpu" or x.numel() == 0:
         return False
     return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting())

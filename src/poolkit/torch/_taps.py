@@ -40,6 +40,7 @@ __all__ = [
     "native_window",
     "window_mean",
     "window_mean_adjoint",
+    "native_avg_adjoint",
     "tiling",
     "window_max",
     "window_peak",
@@ -212,13 +213,21 @@ def window_mean_adjoint(w: torch.Tensor, spec: WindowSpec, like: torch.Tensor) -
     pads = native_window(spec)
     if pads is None or (spec.ndim == 3 and portable(like)):
         return window_sum_adjoint(w / divisor(spec, False, w), spec, like)
+    return native_avg_adjoint(w, spec, pads, False, like)
+
+
+def native_avg_adjoint(
+    w: torch.Tensor, spec: WindowSpec, pads: tuple[int, ...], include_pad: bool, like: torch.Tensor
+) -> torch.Tensor:
+    """PyTorch's average-pooling backward for ``spec``'s windows with ``pads`` (:func:`native_window`):
+    a new tensor shaped (and laid out) like ``like``."""
     k, s, p = list(spec.kernel_size), list(spec.stride), list(pads)
     if spec.ndim == 1:  # there is no 1-D kernel: a 2-D one with a unit axis
         g = torch.ops.aten.avg_pool2d_backward(
-            w.unsqueeze(2), like.unsqueeze(2), [1, *k], [1, *s], [0, *p], spec.ceil_mode, False, None
+            w.unsqueeze(2), like.unsqueeze(2), [1, *k], [1, *s], [0, *p], spec.ceil_mode, include_pad, None
         )
         return g.squeeze(2)
-    return _AVG_BACKWARD[spec.ndim](w, like, k, s, p, spec.ceil_mode, False, None)
+    return _AVG_BACKWARD[spec.ndim](w, like, k, s, p, spec.ceil_mode, include_pad, None)
 
 
 def tiling(spec: WindowSpec, *tensors: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]] | None:

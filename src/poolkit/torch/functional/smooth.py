@@ -15,7 +15,7 @@ SoftPool, LIP and LSE shift their exponents by each window's maximum
 plane instead: one contiguous exponential per input value and PyTorch's
 average-pooling kernels for the window sums, 2-3x faster, checked on the
 host for windows whose weights underflowed (those calls then take the
-per-window path: see :func:`poolkit.torch._core.plane_shifts`). That path
+per-window path: see :func:`poolkit.torch._core.cpu_fast_path`). That path
 also saves the weights (one input-sized tensor) for the backward.
 
 float16 and bfloat16 inputs are computed in float32 on every device (the
@@ -39,11 +39,11 @@ from ...ops.lse import _R_HINT
 from .._core import (
     aliases,
     channel_param,
+    cpu_fast_path,
     divisor,
     nd_of,
     needs_grad,
     pad_to_windows,
-    plane_shifts,
     prepare,
     upcast,
     windowed,
@@ -288,7 +288,7 @@ def global_gem_pool(
 def _plane_exp(logits: torch.Tensor, spec: WindowSpec, r: Any = None) -> tuple[torch.Tensor, ...] | None:
     """``e = exp(r (l - M))`` with ``M`` each plane's largest logit, and the window means of ``e``.
 
-    Returns ``(e, mean e, M)``, or None where :func:`plane_shifts` rules the
+    Returns ``(e, mean e, M)``, or None where :func:`cpu_fast_path` rules the
     CPU path out, a plane's maximum is not finite, or a window's mean is not
     a normal number at least ``1/eps`` above the smallest one (its weights
     underflowed, or a window held nothing but ``-inf``): the callers then
@@ -296,7 +296,7 @@ def _plane_exp(logits: torch.Tensor, spec: WindowSpec, r: Any = None) -> tuple[t
     of at least that size, so the weights lost to underflow are below its
     rounding error. Runs without autograd (the backward passes are explicit).
     """
-    if not plane_shifts(logits):
+    if not cpu_fast_path(logits):
         return None
     with torch.no_grad():
         peak = logits.amax(dim=tuple(range(2, logits.dim())), keepdim=True)

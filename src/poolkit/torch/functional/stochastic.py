@@ -26,6 +26,7 @@ from ...ops.stochastic import _check_samples as _check_uniforms_numpy
 from .._core import (
     aliases,
     as_generator,
+    cpu_fast_path,
     nd_of,
     needs_grad,
     pad_to_windows,
@@ -35,7 +36,7 @@ from .._core import (
     windowed,
     zero_nonfinite,
 )
-from .._taps import TapAdjoint, tap_views, window_max
+from .._taps import AVG_POOL, MAX_POOL, TapAdjoint, native_avg_adjoint, native_window, tap_views, window_max
 from .classic import _avg_pool, _max_pool
 
 __all__ = [
@@ -405,10 +406,63 @@ def _mixed_pool(
     else:
         a = torch.full(shape, 0.5, dtype=xc.dtype, device=xc.device)
     a = a.reshape({"layer": (), "channel": (1, c, *[1] * nd), "window": (1, 1, *spec.output_size)}[mode])
+    pads = native_window(spec)
+    if pads is not None and needs_grad(xc, a) and xc.is_contiguous() and cpu_fast_path(xc):
+        return p.to_user(_MixedFunction.apply(xc, a, spec, pads).to(p.dtype))
     win = dict(ndim=nd, op=op)
     mx = _max_pool(xc, kernel_size, stride, padding, 1, ceil_mode, **win)
     av = _avg_pool(xc, kernel_size, stride, padding, ceil_mode, True, **win)
     return p.to_user(_combine(a, mx, av).to(p.dtype))
+
+
+class _MixedFunction(torch.autograd.Function):
+    """Mixed pooling on the CPU with one input-sized gradient: the average branch's adjoint, into which
+    the max branch's gradient is added at the winners (``scatter_add_``: deterministic on the CPU).
+
+    Autograd through the two pooling calls would allocate a gradient per branch and a third for their
+    sum. ``dy/dmax = a`` and ``dy/davg = 1 - a`` everywhere; ``dy/da = max - avg`` where finite.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, a: torch.Tensor, spec: WindowSpec, pads: tuple[int, ...]
+    ) -> torch.Tensor:
+        k, s, nd = spec.kernel_size, spec.stride, spec.ndim
+        mx, idx = MAX_POOL[nd](x, k, s, pads, 1, spec.ceil_mode, True)
+        av = AVG_POOL[nd](x, k, s, pads, spec.ceil_mode, True)
+        ctx.spec, ctx.pads = spec, pads
+        ctx.save_for_backward(x, a, idx, mx, av)
+        d = mx - av
+        low, high = torch.aminmax(d)
+        if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
+            return _combine(a, mx, av)
+        lo = a <= 0.5  # _combine's formula with every d finite: av + a d, or mx - (1 - a) d
+        return torch.where(lo, av, mx).addcmul_(torch.where(lo, a, a - 1), d)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> Any:
+        x, a, idx, mx, av = ctx.saved_tensors
+        spec, pads = ctx.spec, ctx.pads
+        if torch.is_grad_enabled():  # double backward: autograd through the pooling kernels
+            k, s, nd = spec.kernel_size, spec.stride, spec.ndim
+            y = _combine(
+                a,
+                MAX_POOL[nd](x, k, s, pads, 1, spec.ceil_mode),
+                AVG_POOL[nd](x, k, s, pads, spec.ceil_mode, True),
+            )
+            wanted = [t for t, w in zip((x, a), ctx.needs_input_grad[:2]) if w]
+            grads = iter(torch.autograd.grad(y, wanted, g, create_graph=True, allow_unused=True))
+            return (*(next(grads) if w else None for w in ctx.needs_input_grad[:2]), None, None)
+        gx = ga = None
+        if ctx.needs_input_grad[0]:
+            gmax = g * a
+            gx = native_avg_adjoint(g - gmax, spec, pads, True, x)
+            n, c = x.shape[:2]
+            gx.view(n, c, -1).scatter_add_(2, idx.reshape(n, c, -1), gmax.reshape(n, c, -1))
+        if ctx.needs_input_grad[1]:
+            d = mx - av
+            ga = (g * d.nan_to_num_(0.0, 0.0, 0.0)).sum_to_size(a.shape)
+        return gx, ga, None, None
 
 
 def _combine(a: torch.Tensor, mx: torch.Tensor, av: torch.Tensor) -> torch.Tensor:
