@@ -23,15 +23,18 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry import WindowSpec
-from ._core import crop_output, divisor, pad_pairs, pad_to_windows, portable
+from ._core import cpu_fast_path, crop_output, divisor, pad_pairs, pad_to_windows, portable
 
 __all__ = [
     "MAX_POOL",
     "AVG_POOL",
     "tap_index",
     "tap_views",
+    "dense_taps",
     "taps",
     "TapAdjoint",
+    "flat_taps",
+    "tap_select_adjoint",
     "unpad",
     "inside_mask",
     "tap_bias",
@@ -73,6 +76,25 @@ def tap_views(xp: torch.Tensor, spec: WindowSpec) -> list[torch.Tensor]:
     return [xp[idx] for idx in tap_index(spec)]
 
 
+def dense_taps(xp: torch.Tensor, spec: WindowSpec) -> Iterator[torch.Tensor]:
+    """:func:`tap_views`, each copied into one reused contiguous buffer on eager CPU calls.
+
+    PyTorch's CPU kernels vectorise contiguous operands only: an operation
+    reading a strided tap view runs several times slower than the copy and
+    the operation on the copy together. Each yielded tensor is valid until
+    the next one (consume it in the loop body). Where autograd records
+    operations on ``xp`` (double backward), or off the eager CPU path, the
+    views themselves are yielded.
+    """
+    views = tap_views(xp, spec)
+    if (torch.is_grad_enabled() and xp.requires_grad) or not cpu_fast_path(xp) or not views:
+        yield from views
+        return
+    buf = torch.empty_like(views[0], memory_format=torch.contiguous_format)
+    for v in views:
+        yield v if v.is_contiguous() else buf.copy_(v)
+
+
 def taps(
     spec: WindowSpec, *padded: torch.Tensor | None
 ) -> Iterator[tuple[tuple[slice, ...], tuple[torch.Tensor | None, ...]]]:
@@ -84,6 +106,44 @@ def taps(
 def unpad(xp: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
     """The input part of a tensor padded by ``pad_to_windows`` (a view)."""
     return xp[(slice(None), slice(None), *(slice(ax.pad_lo, ax.pad_lo + ax.size) for ax in spec.axes))]
+
+
+def flat_taps(
+    spec: WindowSpec, padded: tuple[int, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat index (over the padded plane) of each window's first tap, and each tap's offset from it."""
+    strides = [math.prod(padded[j + 1 :]) for j in range(len(padded))]
+    base = torch.zeros(spec.output_size, dtype=torch.int64, device=device)
+    for j, ax in enumerate(spec.axes):
+        shape = [1] * spec.ndim
+        shape[j] = ax.out
+        base = base + (torch.arange(ax.out, device=device) * (ax.stride * strides[j])).reshape(shape)
+    offs = [
+        sum(k[j] * strides[j] for j in range(spec.ndim))
+        for k in itertools.product(*(range(ax.kernel) for ax in spec.axes))
+    ]
+    return base, torch.tensor(offs, dtype=torch.int64, device=device)
+
+
+def tap_select_adjoint(g: torch.Tensor, arg: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+    """The gradient of selecting one tap per window: ``g`` added at tap ``arg`` of its window
+    (row-major, :func:`tap_index` order; ``arg`` equal to the tap count selects nothing).
+
+    On eager CPU calls without double backward, one ``scatter_add_`` over the
+    padded plane (deterministic on the CPU); elsewhere a :class:`TapAdjoint`
+    loop (deterministic on every device, differentiable again).
+    """
+    kernel = math.prod(spec.kernel_size)
+    if torch.is_grad_enabled() or not cpu_fast_path(g):
+        return TapAdjoint(spec, g).add_all(g * (arg == t).to(g.dtype) for t in range(kernel)).result()
+    n, c = g.shape[:2]
+    padded = tuple(ax.size + ax.pad_lo + ax.pad_hi + ax.overhang for ax in spec.axes)
+    base, offs = flat_taps(spec, padded, g.device)
+    flat = base + torch.take(offs, arg.long().clamp_(max=kernel - 1))
+    src = torch.where(arg < kernel, g, torch.zeros((), dtype=g.dtype, device=g.device))
+    buf = torch.zeros((n, c, *padded), dtype=g.dtype, device=g.device)
+    buf.view(n, c, -1).scatter_add_(2, flat.reshape(n, c, -1), src.reshape(n, c, -1))
+    return unpad(buf, spec)
 
 
 class TapAdjoint:

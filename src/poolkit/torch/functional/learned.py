@@ -34,7 +34,7 @@ from .._core import (
     upcast,
     windowed,
 )
-from .._taps import TapAdjoint, tap_index, tap_views
+from .._taps import TapAdjoint, dense_taps, tap_index, tap_views
 from .classic import _avg_pool, _max_pool
 
 __all__ = [
@@ -422,22 +422,21 @@ def _dpp_core(
     """``D``, the log of each window's largest weight (given, or the max over its taps), the sum of
     the weights divided by it, and the tap views. ``la = log(alpha)``, ``hl = lam / 2``."""
     spec = geo.spec
-    views = tap_views(xp, spec)
     m = torch.zeros((*xp.shape[:2], *spec.output_size), dtype=xp.dtype, device=xp.device)
-    for v in views:
+    for v in dense_taps(xp, spec):
         m = m + v  # padding is 0: the sum of the taps inside the input
     m = m * geo.inv
     if lmax is None:
         # rho grows with d^2 (with max(0, d)^2 when asymmetric) as lam >= 0: the largest weight
         qmax = torch.zeros_like(m)
-        for v, ok in zip(views, geo.valid):
+        for v, ok in zip(dense_taps(xp, spec), geo.valid):
             q = geo.deviation(v, m)[1]
             qmax = torch.maximum(qmax, q if ok is None else q * ok)
         lmax = torch.maximum(torch.log(qmax) * hl, la)
     ea = torch.exp(la - lmax)  # alpha / the largest weight
     s = torch.zeros_like(m)
     y = torch.zeros_like(m)
-    for v, ok in zip(views, geo.valid):
+    for v, ok in zip(dense_taps(xp, spec), geo.valid):
         q = geo.deviation(v, m)[1]
         e = torch.log(q) * hl - lmax  # <= 0 at taps inside the input
         if ok is None:
@@ -468,9 +467,8 @@ def _dpp_vjp(
     """The NumPy reference's backward in torch ops (scaled by the largest weight throughout)."""
     spec = geo.spec
     hl = lam / 2
-    views = tap_views(xp, spec)
     m = torch.zeros_like(g)
-    for v in views:
+    for v in dense_taps(xp, spec):
         m = m + v
     m = m * geo.inv
     gs = g / s
@@ -478,7 +476,7 @@ def _dpp_vjp(
     gm = torch.zeros_like(g)  # the gradient reaching Itilde
     gl = torch.zeros_like(g)
     acc = TapAdjoint(spec, xp)
-    for idx, v, ok in zip(tap_index(spec), views, geo.valid):
+    for idx, v, ok in zip(tap_index(spec), dense_taps(xp, spec), geo.valid):
         d, q = geo.deviation(v, m)
         h = torch.log(q)  # 2 log sqrt(d^2 + eps^2)
         e = h * hl - lmax

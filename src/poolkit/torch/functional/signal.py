@@ -33,7 +33,7 @@ from .._core import (
     upcast,
     windowed,
 )
-from .._taps import TapAdjoint, inside_mask, tap_views
+from .._taps import inside_mask, tap_select_adjoint, tap_views
 from .classic import _avg_pool, _max_pool
 
 __all__ = [
@@ -411,7 +411,7 @@ def _median_forward(
 
 
 def _median_grad(g: torch.Tensor, arg: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
-    return TapAdjoint(spec, g).add_all(g * (arg == k) for k in range(math.prod(spec.kernel_size))).result()
+    return tap_select_adjoint(g, arg, spec)
 
 
 class _MedianFunction(torch.autograd.Function):

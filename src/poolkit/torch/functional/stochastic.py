@@ -10,8 +10,6 @@ are equal.
 
 from __future__ import annotations
 
-import itertools
-import math
 from typing import Any
 
 import numpy as np
@@ -36,7 +34,17 @@ from .._core import (
     windowed,
     zero_nonfinite,
 )
-from .._taps import AVG_POOL, MAX_POOL, TapAdjoint, native_avg_adjoint, native_window, tap_views, window_max
+from .._taps import (
+    AVG_POOL,
+    MAX_POOL,
+    TapAdjoint,
+    flat_taps,
+    native_avg_adjoint,
+    native_window,
+    tap_select_adjoint,
+    tap_views,
+    window_peak,
+)
 from .classic import _avg_pool, _max_pool
 
 __all__ = [
@@ -177,30 +185,28 @@ def _scale_and_weights(x: torch.Tensor, spec: WindowSpec) -> tuple[torch.Tensor,
     indicator of the ``+inf`` taps (``inf / inf``), without a masked select per tap.
     """
     a = x.clamp(min=0)  # NaN stays NaN
-    ap, m = pad_to_windows(a, spec, 0.0), window_max(a, spec)  # every window holds a tap of x
+    ap, m = pad_to_windows(a, spec, 0.0), window_peak(a, spec)  # every window holds a tap of x
     scale = torch.where(m > 0, m, torch.ones_like(m))
     return ap, m, scale
 
 
-def _weight(a: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return torch.nan_to_num(a / scale, nan=1.0, posinf=1.0)
+def _weight(
+    a: torch.Tensor, scale: torch.Tensor, finite: bool, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``a / scale`` with NaN -> 1 and +inf -> 1 (skipped when every window maximum is ``finite``),
+    written into ``out`` when given."""
+    # into a buffer: copy the (strided) tap first; the division then reads contiguous memory, which
+    # PyTorch's CPU kernels vectorise (about 1.6x faster than dividing the strided view)
+    w = torch.div(a, scale) if out is None else out.copy_(a).div_(scale)
+    return w if finite else w.nan_to_num_(nan=1.0, posinf=1.0)
 
 
-def _flat_taps(
-    spec: WindowSpec, padded: tuple[int, ...], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat index (over the padded plane) of each window's first tap, and each tap's offset from it."""
-    strides = [math.prod(padded[j + 1 :]) for j in range(len(padded))]
-    base = torch.zeros(spec.output_size, dtype=torch.int64, device=device)
-    for j, ax in enumerate(spec.axes):
-        shape = [1] * spec.ndim
-        shape[j] = ax.out
-        base = base + (torch.arange(ax.out, device=device) * (ax.stride * strides[j])).reshape(shape)
-    offs = [
-        sum(k[j] * strides[j] for j in range(spec.ndim))
-        for k in itertools.product(*(range(ax.kernel) for ax in spec.axes))
-    ]
-    return base, torch.tensor(offs, dtype=torch.int64, device=device)
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is finite (one reduction; NaN propagates)."""
+    if t.numel() == 0:
+        return True
+    low, high = torch.aminmax(t)
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
 
 
 def _stochastic_forward(
@@ -210,11 +216,15 @@ def _stochastic_forward(
     ap, m, scale = _scale_and_weights(x, spec)
     views = tap_views(ap, spec)
     nan = torch.isnan(m)
+    # every window maximum finite: every weight is (no NaN or +inf tap), and nan_to_num is the identity
+    # (checked on the host: eager CPU calls only)
+    finite = cpu_fast_path(m) and _all_finite(m)
+    w = torch.empty_like(m)  # one buffer for every tap's weight (no autograd in here)
     if training:
         assert u is not None
         s = torch.zeros_like(m)
         for a in views:
-            s = s + _weight(a, scale)
+            s.add_(_weight(a, scale, finite, w))
         # threshold strictly below the total, so some tap always crosses it when the total is > 0:
         # s * (1 - eps / 2) is the float just below s (nextafter, which ONNX lacks) for s = 0 or
         # s >= 1 (the largest tap weighs exactly 1)
@@ -223,15 +233,16 @@ def _stochastic_forward(
         kernel = len(views)
         idx_dtype = torch.uint8 if kernel < 255 else torch.int32
         win = torch.zeros(m.shape, dtype=idx_dtype, device=m.device)
-        c = torch.zeros_like(m)
+        c, after = torch.zeros_like(m), torch.empty_like(m)
+        new, crossed = torch.empty(m.shape, dtype=torch.bool, device=m.device), torch.empty_like(nan)
         for t, a in enumerate(views):
-            w = _weight(a, scale)
-            after = c + w
-            new = (c <= thr) & (after > thr)  # the running sum crosses the threshold at this tap
-            c = after
-            if t:
-                win = win + new.to(idx_dtype) * t
-        base, offs = _flat_taps(spec, tuple(ap.shape[2:]), ap.device)
+            torch.add(c, _weight(a, scale, finite, w), out=after)
+            # the running sum crosses the threshold at this tap
+            torch.le(c, thr, out=new).logical_and_(torch.gt(after, thr, out=crossed))
+            c, after = after, c
+            if t:  # one crossing per window, so adding marks it (a byte view of the mask: no cast)
+                win.add_(new.view(torch.uint8) if idx_dtype == torch.uint8 else new.to(idx_dtype), alpha=t)
+        base, offs = flat_taps(spec, tuple(ap.shape[2:]), ap.device)
         flat = base + torch.take(offs, win.long())
         n, ch = m.shape[:2]
         y = ap.reshape(n, ch, -1).gather(2, flat.reshape(n, ch, -1)).reshape(m.shape)
@@ -243,9 +254,9 @@ def _stochastic_forward(
     s1 = torch.zeros_like(m)
     s2 = torch.zeros_like(m)
     for a in views:
-        w = _weight(a, scale)
-        s1 = s1 + w
-        s2 = s2 + w * w
+        _weight(a, scale, finite, w)
+        s1.add_(w)
+        s2.addcmul_(w, w)
     has = s1 > 0
     safe = s1 + (~has).to(s1.dtype)  # 1 where the window has no positive value (its s2 is 0 too)
     q = s2 / safe
@@ -273,8 +284,7 @@ class _Stochastic(torch.autograd.Function):
         spec = ctx.spec
         if ctx.training:
             (win,) = ctx.saved_tensors
-            terms = (g * (win == t).to(g.dtype) for t in range(math.prod(spec.kernel_size)))
-            return TapAdjoint(spec, g).add_all(terms).result(), None, None, None
+            return tap_select_adjoint(g, win, spec), None, None, None
         x, scale, q, inv = ctx.saved_tensors
         # NaN and +-inf taps lie only in windows that pass no gradient (inv = 0 there)
         views = tap_views(zero_nonfinite(pad_to_windows(x, spec, 0.0)), spec)
