@@ -34,7 +34,7 @@ from .._core import (
     upcast,
     windowed,
 )
-from .._taps import TapAdjoint, dense_taps, tap_index, tap_views
+from .._taps import TapAdjoint, dense_taps, tap_index
 from .classic import _avg_pool, _max_pool
 
 __all__ = [
@@ -96,7 +96,7 @@ def _dots(xp: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
     j, cw, k = w.shape
     wb = w.reshape(j, 1, cw, *[1] * spec.ndim, k)
     r = torch.zeros((j, *xp.shape[:2], *spec.output_size), dtype=xp.dtype, device=xp.device)
-    for t, v in enumerate(tap_views(xp, spec)):
+    for t, v in enumerate(dense_taps(xp, spec)):
         r = r + wb[..., t] * v
     return r
 
@@ -120,7 +120,7 @@ class _WindowDots(torch.autograd.Function):
         dims = (1, *range(3, 3 + spec.ndim))  # batch and space: the weight gradient is per channel
         gw = []
         acc = TapAdjoint(spec, xp)
-        for t, (idx, v) in enumerate(zip(tap_index(spec), tap_views(xp, spec))):
+        for t, (idx, v) in enumerate(zip(tap_index(spec), dense_taps(xp, spec))):
             acc.add(idx, (gr * wb[..., t]).sum(0))
             gw.append((gr * v).sum(dim=dims))
         g = torch.stack(gw, dim=-1)  # (J, C, K)

@@ -38,6 +38,7 @@ from .._taps import (
     AVG_POOL,
     MAX_POOL,
     TapAdjoint,
+    dense_taps,
     flat_taps,
     native_avg_adjoint,
     native_window,
@@ -287,12 +288,12 @@ class _Stochastic(torch.autograd.Function):
             return tap_select_adjoint(g, win, spec), None, None, None
         x, scale, q, inv = ctx.saved_tensors
         # NaN and +-inf taps lie only in windows that pass no gradient (inv = 0 there)
-        views = tap_views(zero_nonfinite(pad_to_windows(x, spec, 0.0)), spec)
+        xz = zero_nonfinite(pad_to_windows(x, spec, 0.0))
         if torch.is_grad_enabled():
             # double backward: q and 1/sum as functions of x (y / scale is exact for any fixed scale)
             s1 = torch.zeros_like(q)
             s2 = torch.zeros_like(q)
-            for v in views:
+            for v in tap_views(xz, spec):
                 w = v.clamp(min=0) / scale
                 s1 = s1 + w
                 s2 = s2 + w * w
@@ -301,7 +302,7 @@ class _Stochastic(torch.autograd.Function):
             q = s2 / safe
             inv = live.to(s1.dtype) / safe
         gs = g * inv
-        terms = (((v.clamp(min=0) / scale) * 2 - q) * gs * (v > 0).to(gs.dtype) for v in views)
+        terms = (((v.clamp(min=0) / scale) * 2 - q) * gs * (v > 0).to(gs.dtype) for v in dense_taps(xz, spec))
         return TapAdjoint(spec, x).add_all(terms).result(), None, None, None
 
 
