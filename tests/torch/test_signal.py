@@ -126,6 +126,19 @@ def test_spectral_sizes_match_numpy(shape, sizes, rng):
     _check_against_numpy("spectral_pool", rng.standard_normal(shape), dict(output_size=sizes), rng)
 
 
+@pytest.mark.parametrize("route", ["fft", "matrices"])
+def test_spectral_routes_match_numpy(route, monkeypatch, rng):
+    """Feature-map sizes take matrix products, long axes (and compiled graphs) the FFT pair: both
+    equal the NumPy reference forward and backward, on a 3-D case with an untouched middle axis."""
+    monkeypatch.setattr(signal, "_MATRIX_MAX", 0 if route == "fft" else 512)
+    calls = []
+    original = signal._resize_by_matrices
+    monkeypatch.setattr(signal, "_resize_by_matrices", lambda *a: calls.append(1) or original(*a))
+    x = rng.standard_normal((2, 3, 9, 4, 8))
+    _check_against_numpy("spectral_pool", x, dict(output_size=(4, None, 5)), rng)
+    assert bool(calls) == (route == "matrices")
+
+
 def test_spectral_full_size_is_exactly_the_identity_and_errors(rng):
     x = torch.tensor(rng.standard_normal((1, 2, 5, 6)))
     assert torch.equal(TF.spectral_pool2d(x, (5, 6)), x)

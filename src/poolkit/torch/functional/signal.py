@@ -11,6 +11,7 @@ in their own dtype, exactly) and returned in the input dtype.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -250,6 +251,34 @@ def _resize_axis(a: torch.Tensor, axis: int, m: int) -> torch.Tensor:
     return torch.fft.irfft(spec, n=m, dim=axis)
 
 
+_MATRIX_MAX = 512  # longest axis resized by a matrix product (O(n m) per line against the FFT's O(n log n))
+
+
+@functools.lru_cache(maxsize=64)
+def _resize_matrix(n: int, m: int, scale: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``R`` (n x m) with ``a @ R == scale * _resize_axis(a, -1, m)``: the FFT route applied to the
+    identity in float64, so both routes compute the same linear map."""
+    eye = torch.eye(n, dtype=torch.float64)
+    return (_resize_axis(eye, 1, m) * scale).to(dtype=dtype, device=device)
+
+
+def _resize_by_matrices(
+    y: torch.Tensor, sizes: tuple[int, ...], axes: list[int], scale: float
+) -> torch.Tensor:
+    """Every pooled axis as one matrix product (two or three GEMMs in all; the ``m/n`` scale folded
+    into the first matrix). Linear in ``y``: autograd's backward and double backward are GEMMs too."""
+    for i, j in enumerate(axes):
+        d = 2 + j
+        r = _resize_matrix(int(y.shape[d]), sizes[j], scale if i == 0 else 1.0, y.dtype, y.device)
+        if d == y.dim() - 1:
+            y = y @ r
+        else:  # contract axis d: R^T (m x n) times each (n x rest) slab
+            rest = y.shape[d + 1 :]
+            flat = y.reshape(*y.shape[:d], y.shape[d], math.prod(rest))
+            y = (r.t() @ flat).reshape(*y.shape[:d], sizes[j], *rest)
+    return y
+
+
 def spectral_pool(x: torch.Tensor, output_size: Any, *, data_format: str = "channels_first") -> torch.Tensor:
     """Spectral pooling: keep the centred low frequencies of the DFT (Rippel, Snoek, Adams, NeurIPS 2015).
 
@@ -295,12 +324,17 @@ def _spectral_pool(
             )
     y = upcast(pr.x)
     axes = [j for j in reversed(range(nd)) if pr.spatial[j] != sizes[j]]  # m == n: the identity, exactly
-    for j in axes:
-        # an empty batch has nothing to transform (and MKL's FFT refuses it): keep the shape only
-        y = y.narrow(2 + j, 0, sizes[j]) if y.numel() == 0 else _resize_axis(y, 2 + j, sizes[j])
     scale = 1.0
     for n, m in zip(pr.spatial, sizes):
         scale *= m / n
+    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
+    if axes and y.numel() and not tracing and max(pr.spatial[j] for j in axes) <= _MATRIX_MAX:
+        # feature-map sizes: GEMMs beat the FFT pair several times over (compiled and exported
+        # graphs keep the FFT route, which builds no constant)
+        return pr.to_user(_resize_by_matrices(y.contiguous(), sizes, axes, scale).to(pr.dtype))
+    for j in axes:
+        # an empty batch has nothing to transform (and MKL's FFT refuses it): keep the shape only
+        y = y.narrow(2 + j, 0, sizes[j]) if y.numel() == 0 else _resize_axis(y, 2 + j, sizes[j])
     if axes:
         y = y * scale
     return pr.to_user(y.to(pr.dtype))
