@@ -12,6 +12,7 @@ import poolkit.torch.functional as TF
 import poolkit.torch.functional.signal as signal
 from poolkit.errors import PoolingConfigError, PoolingInputError
 from poolkit.ops import vjp
+from poolkit.torch._core import generic_paths
 
 from cases import RESEARCH_CASES, Case
 from helpers import distinct
@@ -152,7 +153,13 @@ def test_spectral_full_size_is_exactly_the_identity_and_errors(rng):
 # --------------------------------------------------------------------------- NaN, inf, ties, chunks
 
 
-def test_median_nan_inf_and_ties_follow_the_numpy_rules_exactly(rng):
+@pytest.mark.parametrize("path", ["cpu-network", "generic-sort"])
+def test_median_nan_inf_and_ties_follow_the_numpy_rules_exactly(path, rng):
+    with generic_paths(path == "generic-sort"):
+        _median_nan_inf_ties(rng)
+
+
+def _median_nan_inf_ties(rng):
     x = np.array(
         [
             [
@@ -184,15 +191,26 @@ def test_median_nan_inf_and_ties_follow_the_numpy_rules_exactly(rng):
     assert x1.grad.tolist() == [[[11.0, 0.0, 1000.0, 100.0]]]
 
 
-def test_median_chunks_give_the_same_result(rng, monkeypatch):
-    x = torch.tensor(rng.integers(-3, 4, size=(2, 3, 11, 9)).astype(np.float64), requires_grad=True)
-    g = torch.tensor(rng.standard_normal((2, 3, 6, 5)))
-    y = TF.median_pool2d(x, 3, 2, 1)
-    (gx,) = torch.autograd.grad(y, x, g)
-    monkeypatch.setattr(signal, "_STACK_BYTES", 1)  # one output row per chunk
-    y1 = TF.median_pool2d(x, 3, 2, 1)
-    (gx1,) = torch.autograd.grad(y1, x, g)
+@pytest.mark.parametrize(
+    "path,stack_bytes",
+    [("cpu-network", 1), ("cpu-network", 3 * 6 * 5 * 9 * 8), ("generic-sort", 1)],
+    ids=["network-rows", "network-planes", "sort-rows"],
+)
+def test_median_chunks_give_the_same_result(path, stack_bytes, rng, monkeypatch):
+    """One output row per chunk, or one plane of the batch per chunk (the CPU network's choice when
+    a plane fits), equal the unchunked result and the NumPy reference, ties included."""
+    x = torch.tensor(rng.integers(-3, 4, size=(3, 3, 11, 9)).astype(np.float64), requires_grad=True)
+    g = torch.tensor(rng.standard_normal((3, 3, 6, 5)))
+    y_ref, pullback = vjp("median_pool2d", x.detach().numpy(), kernel_size=3, stride=2, padding=1)
+    with generic_paths(path == "generic-sort"):
+        y = TF.median_pool2d(x, 3, 2, 1)
+        (gx,) = torch.autograd.grad(y, x, g)
+        monkeypatch.setattr(signal, "_STACK_BYTES", stack_bytes)
+        y1 = TF.median_pool2d(x, 3, 2, 1)
+        (gx1,) = torch.autograd.grad(y1, x, g)
     assert torch.equal(y, y1) and torch.equal(gx, gx1)
+    np.testing.assert_array_equal(y.detach().numpy(), y_ref)
+    np.testing.assert_array_equal(gx.numpy(), pullback(g.numpy())["x"])
 
 
 def test_median_saves_one_byte_per_output():

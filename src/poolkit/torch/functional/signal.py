@@ -24,6 +24,7 @@ from ...ops.blur import _source, blur_plan
 from ...ops.wavelet import WAVELETS
 from .._core import (
     aliases,
+    cpu_fast_path,
     divisor,
     nd_of,
     needs_grad,
@@ -418,6 +419,95 @@ def _median_rows(
     return med, eq.to(torch.uint8).argmax(dim=-1)  # argmax: the first tap in row-major window order
 
 
+@functools.lru_cache(maxsize=32)
+def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
+    """Batcher's odd-even merge sort on ``n`` inputs: comparator pairs ``(i, j)``, ``i < j``, each
+    leaving the smaller value at ``i``. Built for the next power of two; comparators reaching past
+    ``n`` are dropped (those inputs would be ``+inf``: such comparators change nothing)."""
+    size = 1
+    while size < n:
+        size *= 2
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    a, b = i + j, i + j + k
+                    if a // (2 * p) == b // (2 * p) and b < n:
+                        pairs.append((a, b))
+            k //= 2
+        p *= 2
+    return tuple(pairs)
+
+
+class _NetworkBuffers:
+    """Reused buffers of one chunk of windows per tap, for :func:`_median_rows_network`: the taps, the
+    sorting network's working copies, and one spare (fresh memory costs more than the comparisons)."""
+
+    def __init__(self, like: torch.Tensor, kernel: int) -> None:
+        self.taps = [torch.empty_like(like, memory_format=torch.contiguous_format) for _ in range(kernel)]
+        self.work = [torch.empty_like(t) for t in self.taps]
+        self.spare = torch.empty_like(self.taps[0])
+
+    def rows(self, dim: int, n: int) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        cut = lambda t: t.narrow(dim, 0, n)  # noqa: E731
+        return [cut(t) for t in self.taps], [cut(t) for t in self.work], cut(self.spare)
+
+
+def _median_rows_network(
+    views: list[torch.Tensor],
+    valid: list[torch.Tensor] | None,
+    rank: torch.Tensor | None,
+    ranks: list[int],
+    dim: int,
+    r0: int,
+    r1: int,
+    need_arg: bool,
+    bufs: _NetworkBuffers,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`_median_rows` with a sorting network of elementwise ``minimum``/``maximum`` over
+    contiguous copies of the taps (torch's sort is slow on rows of a few values). NaN propagates
+    through every comparator to every output, so a window holding one gives NaN, as by sorting.
+    The chunk is ``[r0, r1)`` along ``dim`` (the batch, or the first output axis); ``valid`` and
+    ``rank`` are per window position, so they are cut along spatial ``dim`` only."""
+
+    def cut(t: torch.Tensor) -> torch.Tensor:
+        return t.narrow(dim, r0, r1 - r0) if t.shape[dim] > 1 else t
+
+    taps, srt, spare = bufs.rows(dim, r1 - r0)
+    for t, v in enumerate(views):
+        srt[t].copy_(taps[t].copy_(cut(v)))
+    for i, j in _sorting_network(len(taps)):
+        lo = torch.minimum(srt[i], srt[j], out=spare)
+        torch.maximum(srt[i], srt[j], out=srt[j])
+        spare, srt[i] = srt[i], lo
+    med = srt[(len(taps) - 1) // 2] if rank is None else srt[ranks[0]]
+    if rank is not None:  # border windows: rank (c - 1) // 2 of their c taps
+        rk = cut(rank)
+        for r in ranks[1:]:
+            med = torch.where(rk == r, srt[r], med)
+    med = med.clone()
+    if not need_arg:
+        return med, None
+    nan = torch.isnan(med)
+    any_nan = bool(nan.any())
+    # padded taps are +inf: they can equal the median only where it is +inf
+    masked = valid is not None and bool(torch.isposinf(med).any())
+    arg = torch.zeros(med.shape, dtype=torch.uint8 if len(taps) <= 256 else torch.int32, device=med.device)
+    for t in reversed(range(len(taps))):  # the first tap in row-major order holding the median
+        eq = taps[t] == med
+        if any_nan:
+            eq |= torch.isnan(taps[t]) & nan
+        if masked:
+            assert valid is not None
+            eq &= cut(valid[t])
+        # arg = t where eq: multiply by the mask's complement, then add (no masked fill: far slower)
+        arg.mul_(~eq).add_(eq.to(arg.dtype), alpha=t)
+    return med, arg
+
+
 def _median_forward(
     x: torch.Tensor, spec: WindowSpec, need_arg: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -432,16 +522,33 @@ def _median_forward(
     out = spec.output_size
     per_row = int(x.shape[0]) * int(x.shape[1]) * math.prod(out[1:]) * kernel * x.element_size()
     step = max(1, _STACK_BYTES // max(per_row, 1))
-    ys, args = [], []
-    for r0 in range(0, out[0], step):
-        y, a = _median_rows(views, valid, rank, r0, min(r0 + step, out[0]), need_arg)
-        ys.append(y)
-        if a is not None:
-            args.append(a.to(torch.uint8 if kernel <= 256 else torch.int32))
-    y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
+    if cpu_fast_path(x):  # elementwise networks beat sorting on the CPU
+        # chunks of whole planes where the batch allows (long contiguous rows for the copies)
+        per_item = per_row // max(int(x.shape[0]), 1) * out[0]
+        dim, size = (0, int(x.shape[0])) if per_item <= _STACK_BYTES and x.shape[0] > 1 else (2, out[0])
+        step = max(1, _STACK_BYTES // max(per_item if dim == 0 else per_row, 1))
+        bufs = _NetworkBuffers(views[0].narrow(dim, 0, min(step, size)), kernel)
+        ranks: list[int] = []
+        if rank is not None:
+            ranks = sorted(
+                {int(r) for r in ((spec.divisor(False).clip(1, None) - 1) // 2).ravel()}, reverse=True
+            )
+        chunks = [
+            _median_rows_network(views, valid, rank, ranks, dim, r0, min(r0 + step, size), need_arg, bufs)
+            for r0 in range(0, size, step)
+        ]
+    else:
+        dim = 2
+        chunks = [
+            _median_rows(views, valid, rank, r0, min(r0 + step, out[0]), need_arg)
+            for r0 in range(0, out[0], step)
+        ]
+    ys = [y for y, _ in chunks]
+    y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=dim)
     if not need_arg:
         return y, None
-    return y, args[0] if len(args) == 1 else torch.cat(args, dim=2)
+    args = [a.to(torch.uint8 if kernel <= 256 else torch.int32) for _, a in chunks if a is not None]
+    return y, args[0] if len(args) == 1 else torch.cat(args, dim=dim)
 
 
 def _median_grad(g: torch.Tensor, arg: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
