@@ -261,10 +261,35 @@ def _s3_settings(case: Case) -> dict:
     return dict(kernel_size=case.kernel_size, grid_size=grid, stride=stride)
 
 
+@pytest.mark.parametrize("path", ["cpu-kept-windows", "generic"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("case,layout", RESEARCH_CASES)
-def test_s3_matches_numpy_with_the_same_rows(case: Case, layout, training, device, rng):
+def test_s3_matches_numpy_with_the_same_rows(case: Case, layout, training, device, path, rng):
+    """The CPU's kept-window maxima and the generic stride-1 map, against NumPy."""
+    with generic_paths(path == "generic"):
+        _s3_parity(case, layout, training, device, rng)
+
+
+@pytest.mark.parametrize("path", ["cpu-kept-windows", "generic"])
+@pytest.mark.parametrize("kernel", [2, 3, (3, 2)])
+def test_s3_ties_nan_and_edges_follow_numpy(kernel, path, rng):
+    """Integer values (ties everywhere), NaNs, and windows over the 'same' padding at both edges."""
+    x = rng.integers(-2, 3, size=(2, 3, 9, 8)).astype(np.float64)
+    x[0, 0, 0, 0] = x[1, 2, 4, 5] = x[1, 2, 5, 5] = np.nan
+    rows = [np.array([0, 5, 8]), np.array([0, 2, 5, 7])]  # one per cell, both edges
+    kw = dict(kernel_size=kernel, grid_size=(3, 2), stride=(3, 2))
+    y, pullback = P.vjp("s3_pool2d", x, **kw, samples=rows)
+    g = rng.standard_normal(y.shape)
+    xt = torch.tensor(x, requires_grad=True)
+    with generic_paths(path == "generic"):
+        yt = TF.s3_pool2d(xt, **kw, samples=[torch.tensor(r) for r in rows])
+        yt.backward(torch.tensor(g))
+    np.testing.assert_array_equal(yt.detach().numpy(), y)
+    np.testing.assert_array_equal(xt.grad.numpy(), pullback(g)["x"])
+
+
+def _s3_parity(case: Case, layout, training, device, rng):
     x = _layout(distinct(case.shape, rng), layout)
     kw = dict(_s3_settings(case), training=training, data_format=layout)
     nd = case.nd

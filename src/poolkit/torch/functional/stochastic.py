@@ -10,6 +10,9 @@ are equal.
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,7 +20,7 @@ import torch
 
 from ..._validate import check_bool, check_choice, int_tuple
 from ...errors import PoolingConfigError, PoolingInputError
-from ...geometry import WindowSpec
+from ...geometry import WindowSpec, window_spec
 from ...ops.mixed import MODES, _check_alpha
 from ...ops.s3 import _check_samples as _check_rows_numpy
 from ...ops.stochastic import _check_samples as _check_uniforms_numpy
@@ -590,6 +593,85 @@ def _rows(
     return out
 
 
+class _KeptMax(torch.autograd.Function):
+    """Stride-1 'same' max pooling evaluated at the kept positions only (S3Pool on the CPU).
+
+    Each kernel tap is gathered at the kept positions (``torch.gather`` along every axis: the
+    gathers are output-sized); taps in the padding read the nearest edge value, which the window
+    holds too, so the maximum and its winner are those of ``-inf`` padding. The winner follows
+    PyTorch's rule (first maximum in row-major order, the last NaN), kept as one byte per output;
+    the backward adds the gradient at the winners with one ``scatter_add`` (deterministic on the
+    CPU, differentiable again). The native stride-1 kernel would build the whole input-sized
+    maximum map and its int64 indices first.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, spec: WindowSpec, *kept: torch.Tensor) -> torch.Tensor:
+        out = (*x.shape[:2], *(len(r) for r in kept))
+        kernel = math.prod(spec.kernel_size)
+        code = torch.zeros(out, dtype=torch.uint8 if kernel < 256 else torch.int32, device=x.device)
+        best = None
+        for t, v in enumerate(_kept_taps(x, spec, kept, out)):
+            if best is None:
+                best = v
+                continue
+            take = torch.gt(v, best).logical_or_(torch.isnan(v))
+            code.mul_(take.logical_not()).add_(take.to(code.dtype), alpha=t)
+            best = torch.maximum(best, v)  # NaN propagates: the running maximum of the kernels' rule
+        assert best is not None
+        ctx.spec = spec
+        ctx.save_for_backward(code, *kept)
+        ctx.mark_non_differentiable(code)
+        return best
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> Any:
+        code, *kept = ctx.saved_tensors
+        spec = ctx.spec
+        n, c = g.shape[:2]
+        # each tap's input position at each kept window (edge-clamped), flat over the input plane:
+        # (taps, windows), tiny; the winners' positions are one lookup in it
+        table = torch.zeros((1, *(len(r) for r in kept)), dtype=torch.int64, device=g.device)
+        for j, ax in enumerate(spec.axes):
+            shape = [1] * (spec.ndim + 1)
+            shape[1 + j] = len(kept[j])
+            taps = torch.arange(ax.kernel, device=g.device) - ax.pad_lo
+            pos = (kept[j].reshape(-1, 1) + taps.reshape(1, -1)).clamp_(0, ax.size - 1).t()
+            pos = pos * math.prod(b.size for b in spec.axes[j + 1 :])
+            table = (table.unsqueeze(1) + pos.reshape(-1, *shape[1:]).unsqueeze(0)).flatten(0, 1)
+        windows = table[0].numel()
+        flat = code.reshape(n, c, windows).long().mul_(windows)
+        flat.add_(torch.arange(windows, device=g.device))
+        flat = torch.take(table, flat)
+        gx = torch.zeros((n, c, math.prod(spec.input_size)), dtype=g.dtype, device=g.device)
+        gx = gx.scatter_add(2, flat, g.reshape(n, c, windows))
+        return (gx.reshape(n, c, *spec.input_size), None, *([None] * len(kept)))
+
+
+def _kept_taps(
+    x: torch.Tensor, spec: WindowSpec, kept: tuple[torch.Tensor, ...], out: tuple[int, ...]
+) -> Iterator[torch.Tensor]:
+    """Each kernel tap (row-major) at the kept positions, edge-clamped: output-shaped gathers."""
+    rows: list[list[torch.Tensor]] = []
+    for j, ax in enumerate(spec.axes):
+        shape = [1] * len(out)
+        shape[2 + j] = out[2 + j]
+        rows.append(
+            [(kept[j] + (a - ax.pad_lo)).clamp(0, ax.size - 1).reshape(shape) for a in range(ax.kernel)]
+        )
+    partial: dict[tuple[int, ...], torch.Tensor] = {(): x}  # gathers shared by taps with a common prefix
+    for offs in itertools.product(*(range(ax.kernel) for ax in spec.axes)):
+        for j in range(spec.ndim):  # narrow one axis after another: each gather is smaller
+            if offs[: j + 1] not in partial:
+                v = partial[offs[:j]]
+                shape = list(v.shape)
+                shape[2 + j] = out[2 + j]
+                partial[offs[: j + 1]] = torch.gather(v, 2 + j, rows[j][offs[j]].expand(shape))
+        yield partial.pop(offs)
+        for key in [key for key in partial if key and key[-1] != offs[len(key) - 1]]:
+            del partial[key]  # prefixes no later tap shares
+
+
 def _draw_rows(gen: torch.Generator | None, n: int, g: int, s: int, device: torch.device) -> torch.Tensor:
     """``per = g / s`` sorted rows from each full cell of ``g``, ``ceil(r / s)`` from a partial one."""
     per = g // s
@@ -624,6 +706,13 @@ def _s3_pool(
     gen = as_generator(op, rng, p.x.device)
     sizes = p.spatial
     given = None if samples is None else _rows(op, samples, sizes, s, p.x.device)
+    if cpu_fast_path(p.x):  # only the kept windows, never the whole stride-1 max map
+        if training:
+            kept = given or [_draw_rows(gen, sizes[j], grid[j], s[j], p.x.device) for j in range(nd)]
+        else:
+            kept = [torch.arange(0, sizes[j], s[j], device=p.x.device) for j in range(nd)]
+        spec = window_spec(sizes, k, 1, "same", op=op)
+        return p.to_user(_KeptMax.apply(p.x, spec, *kept))
     m = _max_pool(p.x, k, 1, "same", 1, False, ndim=nd, op=op)
     if not training:
         return p.to_user(m[(slice(None), slice(None), *(slice(None, None, st) for st in s))])
