@@ -288,18 +288,29 @@ def aliases(
 
 # --------------------------------------------------------------------------- portable paths
 
-_FORCE_PORTABLE = False
+
+class _Switch:
+    """A process-wide flag, set for the duration of a ``with`` block (tests, trying a path)."""
+
+    def __init__(self) -> None:
+        self.on = False
+
+    @contextlib.contextmanager
+    def __call__(self, enabled: bool = True) -> Iterator[None]:
+        previous, self.on = self.on, enabled
+        try:
+            yield
+        finally:
+            self.on = previous
 
 
-@contextlib.contextmanager
-def force_portable(enabled: bool = True) -> Iterator[None]:
+_FORCE_PORTABLE = _Switch()
+_FORCE_GENERIC = _Switch()
+
+
+def force_portable(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     """Make :func:`portable` true for every call inside the block (tests, or to try the paths on a CPU)."""
-    global _FORCE_PORTABLE
-    previous, _FORCE_PORTABLE = _FORCE_PORTABLE, enabled
-    try:
-        yield
-    finally:
-        _FORCE_PORTABLE = previous
+    return _FORCE_PORTABLE(enabled)
 
 
 def portable(x: torch.Tensor) -> bool:
@@ -311,26 +322,18 @@ def portable(x: torch.Tensor) -> bool:
     backward there), or inside :func:`force_portable`. Callers then take
     pure-torch paths whose backward is deterministic (docs/torch.md).
     """
-    if _FORCE_PORTABLE:
+    if _FORCE_PORTABLE.on:
         return True
     return x.device.type != "cpu" and torch.are_deterministic_algorithms_enabled() and needs_grad(x)
 
 
 # --------------------------------------------------------------------------- CPU fast paths
 
-_FORCE_GENERIC = False
 
-
-@contextlib.contextmanager
-def generic_paths(enabled: bool = True) -> Iterator[None]:
+def generic_paths(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     """Make :func:`cpu_fast_path` false inside the block: operators then take the paths they take on
     accelerators and in compiled or exported graphs (tests)."""
-    global _FORCE_GENERIC
-    previous, _FORCE_GENERIC = _FORCE_GENERIC, enabled
-    try:
-        yield
-    finally:
-        _FORCE_GENERIC = previous
+    return _FORCE_GENERIC(enabled)
 
 
 def cpu_fast_path(x: torch.Tensor) -> bool:
@@ -339,10 +342,10 @@ def cpu_fast_path(x: torch.Tensor) -> bool:
     These paths read a value on the host (SoftPool, LIP and LSE shift their
     exponents by each plane's maximum and check that no window's weights
     underflowed, else they shift by each window's), or use kernels that are
-    deterministic on the CPU only (mixed pooling adds its max gradient with
-    ``scatter_add_``). Accelerators, compiled graphs, tracing and export take
-    the generic paths, which need neither.
+    deterministic on the CPU only (``scatter_add_`` in the mixed, stochastic,
+    median and S3 gradients). Accelerators, compiled graphs, tracing and
+    export take the generic paths, which need neither.
     """
-    if _FORCE_GENERIC or x.device.type != "cpu" or x.numel() == 0:
+    if _FORCE_GENERIC.on or x.device.type != "cpu" or x.numel() == 0:
         return False
     return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting())
