@@ -12,6 +12,7 @@ import poolkit.ops as P
 import poolkit.torch as PT
 import poolkit.torch.functional as TF
 from poolkit.errors import PoolingConfigError, PoolingInputError
+from poolkit.torch._core import generic_paths
 
 from cases import RESEARCH_CASES, Case
 from helpers import distinct
@@ -43,14 +44,17 @@ def _check_parity(op, arrays, settings, rng, device, rtol=1e-12):
 # ------------------------------------------------------------------- gated
 
 
+@pytest.mark.parametrize("path", ["cpu-fast", "generic"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("per_channel", [False, True], ids=["per-layer", "per-channel"])
 @pytest.mark.parametrize("case,layout", RESEARCH_CASES)
-def test_gated_matches_numpy(case: Case, layout, per_channel, device, rng):
+def test_gated_matches_numpy(case: Case, layout, per_channel, device, path, rng):
+    """The CPU's one-gradient Function (contiguous inputs) and the generic autograd path."""
     x = _layout(distinct(case.shape, rng, scale=10.0), layout)  # tie-free
     w = rng.standard_normal(((case.shape[1],) if per_channel else ()) + _kernel(case))
     kw = dict(case.window(), data_format=layout)
-    _check_parity(f"gated_pool{case.nd}d", {"x": x, "weight": w}, kw, rng, device)
+    with generic_paths(path == "generic"):
+        _check_parity(f"gated_pool{case.nd}d", {"x": x, "weight": w}, kw, rng, device)
 
 
 def test_gated_gate_derivative_stays_accurate_when_nearly_saturated():

@@ -30,6 +30,7 @@ __all__ = [
     "AVG_POOL",
     "tap_index",
     "tap_views",
+    "tap_ranges",
     "dense_taps",
     "taps",
     "TapAdjoint",
@@ -68,6 +69,27 @@ def tap_index(spec: WindowSpec) -> list[tuple[slice, ...]]:
             start = k[a] * ax.dilation
             idx.append(slice(start, start + (ax.out - 1) * ax.stride + 1, ax.stride))
         out.append(tuple(idx))
+    return out
+
+
+def tap_ranges(spec: WindowSpec) -> list[tuple[tuple[slice, ...], tuple[slice, ...]] | None]:
+    """For each kernel offset (row-major, as :func:`tap_index`): the outputs whose tap lies inside
+    the input and the input samples they read, as ``(out_index, in_index)``; None where every
+    output's tap falls in padding or overhang.
+
+    Zero padding without a padded copy: a loop over ``x[in_index]`` into ``y[out_index]`` adds
+    exactly the terms the padded taps would, and its adjoint writes an unpadded gradient.
+    """
+    out: list[tuple[tuple[slice, ...], tuple[slice, ...]] | None] = []
+    for k in itertools.product(*(range(ax.kernel) for ax in spec.axes)):
+        oi: list[slice] = [slice(None), slice(None)]
+        ii: list[slice] = [slice(None), slice(None)]
+        for a, ax in enumerate(spec.axes):
+            o_lo, o_hi, i_lo = ax.taps[k[a]]
+            oi.append(slice(o_lo, o_hi))
+            ii.append(slice(i_lo, i_lo + (o_hi - o_lo - 1) * ax.stride + 1, ax.stride))
+        empty = any(ax.taps[k[a]][0] >= ax.taps[k[a]][1] for a, ax in enumerate(spec.axes))
+        out.append(None if empty else (tuple(oi), tuple(ii)))
     return out
 
 

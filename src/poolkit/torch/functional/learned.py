@@ -26,6 +26,7 @@ from ...ops.tree import _check_tree
 from .._core import (
     Shaped,
     aliases,
+    cpu_fast_path,
     divisor,
     needs_grad,
     pad_to_windows,
@@ -34,7 +35,17 @@ from .._core import (
     upcast,
     windowed,
 )
-from .._taps import TapAdjoint, dense_taps, tap_index
+from .._taps import (
+    AVG_POOL,
+    MAX_POOL,
+    TapAdjoint,
+    dense_taps,
+    native_avg_adjoint,
+    native_window,
+    tap_index,
+    tap_ranges,
+    tap_views,
+)
 from .classic import _avg_pool, _max_pool
 
 __all__ = [
@@ -91,46 +102,88 @@ def _filters(
     return value.reshape(j, c if per_channel else 1, math.prod(kernel)), Shaped(tuple(value.shape))
 
 
-def _dots(xp: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
-    """``r[j] = sum_k w[j, :, k] x_k`` over each window's taps (``xp`` zero-padded): ``(J, N, C, *out)``."""
+def _dots(x: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+    """``r[j] = sum_k w[j, :, k] x_k`` over each window's taps inside the input (zero padding):
+    ``(J, N, C, *out)``."""
     j, cw, k = w.shape
     wb = w.reshape(j, 1, cw, *[1] * spec.ndim, k)
-    r = torch.zeros((j, *xp.shape[:2], *spec.output_size), dtype=xp.dtype, device=xp.device)
-    for t, v in enumerate(dense_taps(xp, spec)):
-        r = r + wb[..., t] * v
+    r = torch.zeros((j, *x.shape[:2], *spec.output_size), dtype=x.dtype, device=x.device)
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):  # recorded: out of place
+        for t, v in enumerate(tap_views(pad_to_windows(x, spec, 0.0), spec)):
+            r = r + wb[..., t] * v
+        return r
+    buf = torch.empty_like(r[0])  # each tap's in-range samples, copied dense (see dense_taps)
+    for t, rng in enumerate(tap_ranges(spec)):
+        if rng is not None:
+            oi, ii = rng
+            v = buf[oi].copy_(x[ii])
+            for i in range(j):  # one filter at a time, in place: no J-fold temporaries
+                r[i][oi].addcmul_(v, wb[i, ..., t])
     return r
 
 
 class _WindowDots(torch.autograd.Function):
-    """:func:`_dots` saving only ``xp`` and ``w`` (autograd through the tap loop would allocate an
-    input-sized gradient per tap in the backward)."""
+    """:func:`_dots` saving only ``x`` and ``w`` (autograd through the tap loop would allocate an
+    input-sized gradient per tap in the backward). No padded copy: the loops read and write each
+    tap's in-range samples (:func:`~poolkit.torch._taps.tap_ranges`)."""
 
     @staticmethod
-    def forward(ctx: Any, xp: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
         ctx.spec = spec
-        ctx.save_for_backward(xp, w)
-        return _dots(xp, w, spec)
+        ctx.save_for_backward(x, w)
+        return _dots(x, w, spec)
 
     @staticmethod
     def backward(ctx: Any, gr: torch.Tensor) -> tuple[Any, ...]:
-        xp, w = ctx.saved_tensors
+        x, w = ctx.saved_tensors
         spec = ctx.spec
         j, cw, k = w.shape
         wb = w.reshape(j, 1, cw, *[1] * spec.ndim, k)
-        dims = (1, *range(3, 3 + spec.ndim))  # batch and space: the weight gradient is per channel
         gw = []
-        acc = TapAdjoint(spec, xp)
-        for t, (idx, v) in enumerate(zip(tap_index(spec), dense_taps(xp, spec))):
-            acc.add(idx, (gr * wb[..., t]).sum(0))
-            gw.append((gr * v).sum(dim=dims))
+        if torch.is_grad_enabled():  # double backward: recorded, out of place, over a padded copy
+            dims = (1, *range(3, 3 + spec.ndim))  # batch and space: the weight gradient is per channel
+            xp = pad_to_windows(x, spec, 0.0)
+            acc = TapAdjoint(spec, x)
+            for t, (idx, v) in enumerate(zip(tap_index(spec), tap_views(xp, spec))):
+                acc.add(idx, (gr * wb[..., t]).sum(0))
+                gw.append((gr * v).sum(dim=dims))
+            gx = acc.result()
+        else:
+            gx = torch.zeros_like(x, memory_format=torch.contiguous_format)
+            return gx, _dots_adjoint(gr, x, w, spec, gx), None
         g = torch.stack(gw, dim=-1)  # (J, C, K)
         if cw == 1:
             g = g.sum(dim=1, keepdim=True)
-        return acc.padded, g, None
+        return gx, g, None
 
 
-def _window_dots(xp: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
-    return _WindowDots.apply(xp, w, spec) if needs_grad(xp, w) else _dots(xp, w, spec)
+def _dots_adjoint(
+    gr: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: WindowSpec, gx: torch.Tensor
+) -> torch.Tensor:
+    """Add the adjoint of :func:`_dots` for ``x`` into ``gx`` (unpadded) and return the filters'
+    gradient, shaped like ``w``. Outside autograd: output-sized buffers reused for every tap."""
+    j, cw, k = w.shape
+    wb = w.reshape(j, 1, cw, *[1] * spec.ndim, k)
+    plane = (0, *range(2, 2 + spec.ndim))  # batch and space: the weight gradient is per channel
+    gw = []
+    term, prod, buf = (torch.empty_like(gr[0]) for _ in range(3))
+    for t, rng in enumerate(tap_ranges(spec)):
+        if rng is None:
+            gw.append(torch.zeros((j, gr.shape[2]), dtype=gr.dtype, device=gr.device))
+            continue
+        oi, ii = rng
+        tt = torch.mul(gr[0][oi], wb[0, ..., t], out=term[oi])
+        for i in range(1, j):
+            tt.addcmul_(gr[i][oi], wb[i, ..., t])
+        gx[ii].add_(tt)
+        v = buf[oi].copy_(x[ii])
+        gw.append(torch.stack([torch.mul(gr[i][oi], v, out=prod[oi]).sum(dim=plane) for i in range(j)]))
+    g = torch.stack(gw, dim=-1)  # (J, C, K)
+    return g.sum(dim=1, keepdim=True) if cw == 1 else g
+
+
+def _window_dots(x: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+    return _WindowDots.apply(x, w, spec) if needs_grad(x, w) else _dots(x, w, spec)
 
 
 class _Gate(torch.autograd.Function):
@@ -209,12 +262,66 @@ def _gated_pool(
     nd = p.nd
     xc = upcast(p.x)
     w, _ = _filters(op, "weight", weight, spec.kernel_size, xc.shape[1], xc, None)
-    z = _window_dots(pad_to_windows(xc, spec, 0.0), w, spec)[0]
+    pads = native_window(spec)
+    if pads is not None and needs_grad(xc, w) and xc.is_contiguous() and cpu_fast_path(xc):
+        return p.to_user(_GatedFunction.apply(xc, w, spec, pads).to(p.dtype))
+    z = _window_dots(xc, w, spec)[0]
     mx = _max_pool(xc, kernel_size, stride, padding, 1, ceil_mode, ndim=nd, op=op)
     av = _avg_pool(xc, kernel_size, stride, padding, ceil_mode, True, ndim=nd, op=op)
     s, sc = _gate(z)
     y = s * mx + sc * av + (mx - av) * 0  # NaN in windows holding NaN or inf, whatever the gate
     return p.to_user(y.to(p.dtype))
+
+
+class _GatedFunction(torch.autograd.Function):
+    """Gated pooling on the CPU with a single input-sized gradient: the average branch's adjoint,
+    the max branch's added at the winners (``scatter_add_``) and the gate's window dot products
+    added in place, where autograd through the branches would allocate one per branch and more
+    for their sums. The gradients are those of the generic path's formulas."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, w: torch.Tensor, spec: WindowSpec, pads: tuple[int, ...]
+    ) -> torch.Tensor:
+        k, st, nd = spec.kernel_size, spec.stride, spec.ndim
+        z = _dots(x, w, spec)[0]
+        mx, idx = MAX_POOL[nd](x, k, st, pads, 1, spec.ceil_mode, True)
+        av = AVG_POOL[nd](x, k, st, pads, spec.ceil_mode, True)
+        s, sc = torch.sigmoid(z), torch.sigmoid(z.neg_())
+        ctx.spec, ctx.pads = spec, pads
+        ctx.save_for_backward(x, w, idx, mx, av, s, sc)
+        y = torch.mul(s, mx).addcmul_(sc, av)
+        d = mx - av
+        low, high = torch.aminmax(d)
+        if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
+            y = y + d * 0  # NaN in windows holding NaN or inf, whatever the gate
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> Any:
+        x, w, idx, mx, av, s, sc = ctx.saved_tensors
+        spec, pads = ctx.spec, ctx.pads
+        if torch.is_grad_enabled():  # double backward: autograd through the generic formulation
+            k, st, nd = spec.kernel_size, spec.stride, spec.ndim
+            gs, gsc = _gate(_window_dots(x, w, spec)[0])
+            mx2 = MAX_POOL[nd](x, k, st, pads, 1, spec.ceil_mode)
+            av2 = AVG_POOL[nd](x, k, st, pads, spec.ceil_mode, True)
+            y = gs * mx2 + gsc * av2 + (mx2 - av2) * 0
+            wanted = [t for t, want in zip((x, w), ctx.needs_input_grad[:2]) if want]
+            grads = iter(torch.autograd.grad(y, wanted, g, create_graph=True, allow_unused=True))
+            return (*(next(grads) if want else None for want in ctx.needs_input_grad[:2]), None, None)
+        # dy/dmax = s, dy/davg = 1 - s, dy/dz = (max - avg) s (1 - s), as the gate's Function
+        gz = (g * mx).sub_(g * av).mul_(s * sc)
+        gx = native_avg_adjoint(g * sc, spec, pads, True, x)
+        n, c = x.shape[:2]
+        gx.view(n, c, -1).scatter_add_(2, idx.reshape(n, c, -1), (g * s).reshape(n, c, -1))
+        gw = _dots_adjoint(gz.unsqueeze(0), x, w, spec, gx)
+        return (
+            (gx if ctx.needs_input_grad[0] else None),
+            (gw if ctx.needs_input_grad[1] else None),
+            None,
+            None,
+        )
 
 
 # --------------------------------------------------------------------------- tree
@@ -280,7 +387,7 @@ def _tree_pool(
     cw = max(wl.shape[1], wg.shape[1])
     k = wl.shape[2]
     w = torch.cat([wg.expand(n_leaves - 1, cw, k), wl.expand(n_leaves, cw, k)])
-    f = list(_window_dots(pad_to_windows(xc, spec, 0.0), w, spec).unbind(0))
+    f = list(_window_dots(xc, w, spec).unbind(0))
     for node in reversed(range(n_leaves - 1)):  # bottom-up: children before parents
         s, sc = _gate(f[node])
         f[node] = s * f[2 * node + 1] + sc * f[2 * node + 2]
