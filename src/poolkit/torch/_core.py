@@ -342,7 +342,7 @@ def cpu_fast_path(x: torch.Tensor) -> bool:
     These paths read a value on the host (SoftPool, LIP and LSE shift their
     exponents by each plane's maximum and check that no window's weights
     underflowed, else they shift by each window's), or use kernels that are
-    deterministic on the CPU only (``scatter_add_`` in the mixed, stochastic,
+    deterministic on the CPU only (``scatter_add_`` in the mixed, gated, stochastic,
     median and S3 gradients). Accelerators, compiled graphs, tracing and
     export take the generic paths, which need neither.
     """
