@@ -47,6 +47,8 @@ __all__ = [
     "portable",
     "force_portable",
     "generic_paths",
+    "all_finite",
+    "in_graph",
     "cpu_fast_path",
 ]
 
@@ -336,6 +338,15 @@ def generic_paths(enabled: bool = True) -> contextlib.AbstractContextManager[Non
     return _FORCE_GENERIC(enabled)
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is finite: one reduction (NaN propagates), read on the host,
+    so for :func:`cpu_fast_path` calls only."""
+    if t.numel() == 0:
+        return True
+    low, high = torch.aminmax(t)
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
+
+
 def cpu_fast_path(x: torch.Tensor) -> bool:
     """Whether an operator may take its eager-CPU formulation for ``x``.
 
@@ -348,4 +359,9 @@ def cpu_fast_path(x: torch.Tensor) -> bool:
     """
     if _FORCE_GENERIC.on or x.device.type != "cpu" or x.numel() == 0:
         return False
-    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting())
+    return not in_graph()
+
+
+def in_graph() -> bool:
+    """Whether the call is being compiled, traced or scripted (a graph, not eager execution)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()

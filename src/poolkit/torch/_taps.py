@@ -41,7 +41,9 @@ __all__ = [
     "tap_bias",
     "window_sum",
     "window_sum_adjoint",
+    "native_padding",
     "native_window",
+    "padded_size",
     "window_mean",
     "window_mean_adjoint",
     "native_avg_adjoint",
@@ -159,7 +161,7 @@ def tap_select_adjoint(g: torch.Tensor, arg: torch.Tensor, spec: WindowSpec) -> 
     if torch.is_grad_enabled() or not cpu_fast_path(g):
         return TapAdjoint(spec, g).add_all(g * (arg == t).to(g.dtype) for t in range(kernel)).result()
     n, c = g.shape[:2]
-    padded = tuple(ax.size + ax.pad_lo + ax.pad_hi + ax.overhang for ax in spec.axes)
+    padded = padded_size(spec)
     base, offs = flat_taps(spec, padded, g.device)
     flat = base + torch.take(offs, arg.long().clamp_(max=kernel - 1))
     src = torch.where(arg < kernel, g, torch.zeros((), dtype=g.dtype, device=g.device))
@@ -182,7 +184,7 @@ class TapAdjoint:
 
     def __init__(self, spec: WindowSpec, like: torch.Tensor) -> None:
         self.spec = spec
-        padded = tuple(ax.size + ax.pad_lo + ax.pad_hi + ax.overhang for ax in spec.axes)
+        padded = padded_size(spec)
         self.padded = torch.zeros((*like.shape[:2], *padded), dtype=like.dtype, device=like.device)
 
     def add(self, idx: tuple[slice, ...], value: torch.Tensor) -> None:
@@ -247,7 +249,7 @@ def window_sum_adjoint(w: torch.Tensor, spec: WindowSpec, like: torch.Tensor) ->
     nd = spec.ndim
     if any(ax.dilation != 1 for ax in spec.axes) or (nd == 3 and portable(like)):
         return TapAdjoint(spec, like).add_all(itertools.repeat(w)).result()
-    padded = [ax.size + ax.pad_lo + ax.pad_hi + ax.overhang for ax in spec.axes]
+    padded = list(padded_size(spec))
     k, s = list(spec.kernel_size), list(spec.stride)
     g = w * math.prod(k)  # the kernel divides by the volume
     if nd == 1:  # there is no 1-D kernel: a 2-D one with a unit axis
@@ -258,18 +260,33 @@ def window_sum_adjoint(w: torch.Tensor, spec: WindowSpec, like: torch.Tensor) ->
     return unpad(gp.squeeze(2) if nd == 1 else gp, spec)
 
 
-def native_window(spec: WindowSpec) -> tuple[int, ...] | None:
-    """The padding with which PyTorch's average-pooling kernels compute ``spec``'s windows, else None.
-
-    Symmetric padding of at most half the kernel, no dilation (``ceil_mode``
-    is passed as it is: the kernels share poolkit's rule for the last window).
-    """
+def native_padding(spec: WindowSpec) -> tuple[int, ...] | None:
+    """Symmetric padding PyTorch's pooling kernels accept (at most half the undilated kernel), else None."""
     pads = []
     for ax in spec.axes:
-        if ax.pad_lo != ax.pad_hi or ax.pad_lo > ax.kernel // 2 or ax.dilation != 1 or ax.size < ax.kernel:
+        if ax.pad_lo != ax.pad_hi or ax.pad_lo > ax.kernel // 2:
             return None
         pads.append(ax.pad_lo)
     return tuple(pads)
+
+
+def native_window(spec: WindowSpec) -> tuple[int, ...] | None:
+    """The padding with which PyTorch's average-pooling kernels compute ``spec``'s windows, else None.
+
+    :func:`native_padding`, no dilation, and every axis at least a kernel
+    long (``avg_pool3d``'s check); ``ceil_mode`` is passed as it is: the
+    kernels share poolkit's rule for the last window.
+    """
+    pads = native_padding(spec)
+    if pads is None or any(ax.dilation != 1 or ax.size < ax.kernel for ax in spec.axes):
+        return None
+    return pads
+
+
+def padded_size(spec: WindowSpec) -> tuple[int, ...]:
+    """Spatial size of the input padded by :func:`~poolkit.torch._core.pad_to_windows` (padding and
+    ceil-mode overhang)."""
+    return tuple(ax.size + ax.pad_lo + ax.pad_hi + ax.overhang for ax in spec.axes)
 
 
 def window_mean(x: torch.Tensor, spec: WindowSpec) -> torch.Tensor:

@@ -18,7 +18,7 @@ from ..._validate import check_bool, check_choice, check_int, check_real
 from ...errors import PoolingConfigError
 from ...geometry import WindowSpec
 from .._core import aliases, crop_output, divisor, pad_to_windows, portable, upcast, windowed
-from .._taps import AVG_POOL, MAX_POOL, window_max, window_sum
+from .._taps import AVG_POOL, MAX_POOL, native_padding, window_max, window_sum
 
 __all__ = [
     "max_pool",
@@ -34,16 +34,6 @@ __all__ = [
     "lp_pool2d",
     "lp_pool3d",
 ]
-
-
-def _native_padding(spec: WindowSpec) -> tuple[int, ...] | None:
-    """Symmetric padding PyTorch's kernels accept (at most half the undilated kernel), else None."""
-    pads = []
-    for ax in spec.axes:
-        if ax.pad_lo != ax.pad_hi or ax.pad_lo > ax.kernel // 2:
-            return None
-        pads.append(ax.pad_lo)
-    return tuple(pads)
 
 
 def _unpad_indices(idx: torch.Tensor, spec: WindowSpec, padded: tuple[int, ...]) -> torch.Tensor:
@@ -141,7 +131,7 @@ def _max_pool(
             f"(n, c) plane."
         )
     native = MAX_POOL[p.nd]
-    pads = _native_padding(spec)
+    pads = native_padding(spec)
     if pads is not None:
         out = native(p.x, spec.kernel_size, spec.stride, pads, spec.dilation, spec.ceil_mode, return_indices)
         y, idx = out if return_indices else (out, None)
@@ -222,7 +212,7 @@ def _avg_pool(
         divisor_override = check_int(op, "divisor_override", divisor_override, 1)
     nd = p.nd
     xc = upcast(p.x, cpu_only=True)
-    pads = _native_padding(spec)
+    pads = native_padding(spec)
     native_ok = (
         pads is not None
         and all(ax.dilation == 1 for ax in spec.axes)

@@ -26,6 +26,7 @@ from ...ops.tree import _check_tree
 from .._core import (
     Shaped,
     aliases,
+    all_finite,
     cpu_fast_path,
     divisor,
     needs_grad,
@@ -202,6 +203,13 @@ class _Gate(torch.autograd.Function):
         return (gs - gsc) * (s * sc)
 
 
+def _gated_mix(z: torch.Tensor, mx: torch.Tensor, av: torch.Tensor) -> torch.Tensor:
+    """``s max + (1 - s) avg``, ``s = sigmoid(z)``, under autograd; NaN in windows holding NaN or
+    inf, whatever the gate."""
+    s, sc = _gate(z)
+    return s * mx + sc * av + (mx - av) * 0
+
+
 def _gate(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if needs_grad(z):
         return _Gate.apply(z)
@@ -268,8 +276,7 @@ def _gated_pool(
     z = _window_dots(xc, w, spec)[0]
     mx = _max_pool(xc, kernel_size, stride, padding, 1, ceil_mode, ndim=nd, op=op)
     av = _avg_pool(xc, kernel_size, stride, padding, ceil_mode, True, ndim=nd, op=op)
-    s, sc = _gate(z)
-    y = s * mx + sc * av + (mx - av) * 0  # NaN in windows holding NaN or inf, whatever the gate
+    y = _gated_mix(z, mx, av)
     return p.to_user(y.to(p.dtype))
 
 
@@ -292,8 +299,7 @@ class _GatedFunction(torch.autograd.Function):
         ctx.save_for_backward(x, w, idx, mx, av, s, sc)
         y = torch.mul(s, mx).addcmul_(sc, av)
         d = mx - av
-        low, high = torch.aminmax(d)
-        if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
+        if not all_finite(d):
             y = y + d * 0  # NaN in windows holding NaN or inf, whatever the gate
         return y
 
@@ -303,10 +309,9 @@ class _GatedFunction(torch.autograd.Function):
         spec, pads = ctx.spec, ctx.pads
         if torch.is_grad_enabled():  # double backward: autograd through the generic formulation
             k, st, nd = spec.kernel_size, spec.stride, spec.ndim
-            gs, gsc = _gate(_window_dots(x, w, spec)[0])
             mx2 = MAX_POOL[nd](x, k, st, pads, 1, spec.ceil_mode)
             av2 = AVG_POOL[nd](x, k, st, pads, spec.ceil_mode, True)
-            y = gs * mx2 + gsc * av2 + (mx2 - av2) * 0
+            y = _gated_mix(_window_dots(x, w, spec)[0], mx2, av2)
             wanted = [t for t, want in zip((x, w), ctx.needs_input_grad[:2]) if want]
             grads = iter(torch.autograd.grad(y, wanted, g, create_graph=True, allow_unused=True))
             return (*(next(grads) if want else None for want in ctx.needs_input_grad[:2]), None, None)

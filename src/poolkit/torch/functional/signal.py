@@ -26,6 +26,7 @@ from .._core import (
     aliases,
     cpu_fast_path,
     divisor,
+    in_graph,
     nd_of,
     needs_grad,
     pad_pairs,
@@ -328,8 +329,7 @@ def _spectral_pool(
     scale = 1.0
     for n, m in zip(pr.spatial, sizes):
         scale *= m / n
-    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
-    if axes and y.numel() and not tracing and max(pr.spatial[j] for j in axes) <= _MATRIX_MAX:
+    if axes and y.numel() and not in_graph() and max(pr.spatial[j] for j in axes) <= _MATRIX_MAX:
         # feature-map sizes: GEMMs beat the FFT pair several times over (compiled and exported
         # graphs keep the FFT route, which builds no constant)
         return pr.to_user(_resize_by_matrices(y.contiguous(), sizes, axes, scale).to(pr.dtype))
@@ -528,11 +528,7 @@ def _median_forward(
         dim, size = (0, int(x.shape[0])) if per_item <= _STACK_BYTES and x.shape[0] > 1 else (2, out[0])
         step = max(1, _STACK_BYTES // max(per_item if dim == 0 else per_row, 1))
         bufs = _NetworkBuffers(views[0].narrow(dim, 0, min(step, size)), kernel)
-        ranks: list[int] = []
-        if rank is not None:
-            ranks = sorted(
-                {int(r) for r in ((spec.divisor(False).clip(1, None) - 1) // 2).ravel()}, reverse=True
-            )
+        ranks: list[int] = [] if rank is None else rank.unique().tolist()  # the few distinct ranks
         chunks = [
             _median_rows_network(views, valid, rank, ranks, dim, r0, min(r0 + step, size), need_arg, bufs)
             for r0 in range(0, size, step)

@@ -38,6 +38,7 @@ from ...ops.gem import _P_HINT
 from ...ops.lse import _R_HINT
 from .._core import (
     aliases,
+    all_finite,
     channel_param,
     cpu_fast_path,
     divisor,
@@ -314,12 +315,6 @@ def _plane_exp(logits: torch.Tensor, spec: WindowSpec, r: Any = None) -> tuple[t
     return e, se, peak
 
 
-def _finite(t: torch.Tensor) -> bool:
-    """Whether every value of ``t`` is finite (one reduction pass; NaN propagates)."""
-    low, high = torch.aminmax(t)
-    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
-
-
 def _plane_weighted(
     x: torch.Tensor, logits: torch.Tensor, spec: WindowSpec
 ) -> tuple[torch.Tensor, ...] | None:
@@ -331,7 +326,7 @@ def _plane_weighted(
     e, se, _ = plane
     with torch.no_grad():
         y = window_mean(x * e, spec).div_(se)
-    return (y, e, se) if _finite(y) else None
+    return (y, e, se) if all_finite(y) else None
 
 
 def _plane_weighted_adjoint(

@@ -10,7 +10,6 @@ are equal.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -20,12 +19,13 @@ import torch
 
 from ..._validate import check_bool, check_choice, int_tuple
 from ...errors import PoolingConfigError, PoolingInputError
-from ...geometry import WindowSpec, window_spec
+from ...geometry import AxisWindow, WindowSpec, window_spec
 from ...ops.mixed import MODES, _check_alpha
 from ...ops.s3 import _check_samples as _check_rows_numpy
 from ...ops.stochastic import _check_samples as _check_uniforms_numpy
 from .._core import (
     aliases,
+    all_finite,
     as_generator,
     cpu_fast_path,
     nd_of,
@@ -205,14 +205,6 @@ def _weight(
     return w if finite else w.nan_to_num_(nan=1.0, posinf=1.0)
 
 
-def _all_finite(t: torch.Tensor) -> bool:
-    """Whether every value of ``t`` is finite (one reduction; NaN propagates)."""
-    if t.numel() == 0:
-        return True
-    low, high = torch.aminmax(t)
-    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
-
-
 def _stochastic_forward(
     x: torch.Tensor, u: torch.Tensor | None, spec: WindowSpec, training: bool
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -222,7 +214,7 @@ def _stochastic_forward(
     nan = torch.isnan(m)
     # every window maximum finite: every weight is (no NaN or +inf tap), and nan_to_num is the identity
     # (checked on the host: eager CPU calls only)
-    finite = cpu_fast_path(m) and _all_finite(m)
+    finite = cpu_fast_path(m) and all_finite(m)
     w = torch.empty_like(m)  # one buffer for every tap's weight (no autograd in here)
     if training:
         assert u is not None
@@ -447,8 +439,7 @@ class _MixedFunction(torch.autograd.Function):
         ctx.spec, ctx.pads = spec, pads
         ctx.save_for_backward(x, a, idx, mx, av)
         d = mx - av
-        low, high = torch.aminmax(d)
-        if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
+        if not all_finite(d):
             return _combine(a, mx, av)
         lo = a <= 0.5  # _combine's formula with every d finite: av + a d, or mx - (1 - a) d
         return torch.where(lo, av, mx).addcmul_(torch.where(lo, a, a - 1), d)
@@ -629,15 +620,13 @@ class _KeptMax(torch.autograd.Function):
         code, *kept = ctx.saved_tensors
         spec = ctx.spec
         n, c = g.shape[:2]
-        # each tap's input position at each kept window (edge-clamped), flat over the input plane:
+        # each tap's input position at each kept window, flat over the input plane:
         # (taps, windows), tiny; the winners' positions are one lookup in it
         table = torch.zeros((1, *(len(r) for r in kept)), dtype=torch.int64, device=g.device)
         for j, ax in enumerate(spec.axes):
             shape = [1] * (spec.ndim + 1)
             shape[1 + j] = len(kept[j])
-            taps = torch.arange(ax.kernel, device=g.device) - ax.pad_lo
-            pos = (kept[j].reshape(-1, 1) + taps.reshape(1, -1)).clamp_(0, ax.size - 1).t()
-            pos = pos * math.prod(b.size for b in spec.axes[j + 1 :])
+            pos = _kept_positions(kept[j], ax) * math.prod(b.size for b in spec.axes[j + 1 :])
             table = (table.unsqueeze(1) + pos.reshape(-1, *shape[1:]).unsqueeze(0)).flatten(0, 1)
         windows = table[0].numel()
         flat = code.reshape(n, c, windows).long().mul_(windows)
@@ -648,28 +637,32 @@ class _KeptMax(torch.autograd.Function):
         return (gx.reshape(n, c, *spec.input_size), None, *([None] * len(kept)))
 
 
+def _kept_positions(kept: torch.Tensor, ax: AxisWindow) -> torch.Tensor:
+    """``(kernel, len(kept))``: the input position each tap of each kept 'same' window reads along
+    ``ax``, taps in the padding clamped to the nearest edge."""
+    taps = torch.arange(ax.kernel, device=kept.device) - ax.pad_lo
+    return (taps.reshape(-1, 1) + kept.reshape(1, -1)).clamp_(0, ax.size - 1)
+
+
 def _kept_taps(
     x: torch.Tensor, spec: WindowSpec, kept: tuple[torch.Tensor, ...], out: tuple[int, ...]
 ) -> Iterator[torch.Tensor]:
-    """Each kernel tap (row-major) at the kept positions, edge-clamped: output-shaped gathers."""
-    rows: list[list[torch.Tensor]] = []
-    for j, ax in enumerate(spec.axes):
-        shape = [1] * len(out)
+    """Each kernel tap (row-major) at the kept positions: output-shaped gathers, one axis after
+    another, each partial gather shared by every tap with that prefix."""
+    pos = [_kept_positions(r, ax) for r, ax in zip(kept, spec.axes)]
+
+    def gather(v: torch.Tensor, j: int) -> Iterator[torch.Tensor]:
+        if j == spec.ndim:
+            yield v
+            return
+        shape = list(v.shape)
         shape[2 + j] = out[2 + j]
-        rows.append(
-            [(kept[j] + (a - ax.pad_lo)).clamp(0, ax.size - 1).reshape(shape) for a in range(ax.kernel)]
-        )
-    partial: dict[tuple[int, ...], torch.Tensor] = {(): x}  # gathers shared by taps with a common prefix
-    for offs in itertools.product(*(range(ax.kernel) for ax in spec.axes)):
-        for j in range(spec.ndim):  # narrow one axis after another: each gather is smaller
-            if offs[: j + 1] not in partial:
-                v = partial[offs[:j]]
-                shape = list(v.shape)
-                shape[2 + j] = out[2 + j]
-                partial[offs[: j + 1]] = torch.gather(v, 2 + j, rows[j][offs[j]].expand(shape))
-        yield partial.pop(offs)
-        for key in [key for key in partial if key and key[-1] != offs[len(key) - 1]]:
-            del partial[key]  # prefixes no later tap shares
+        view = [1] * len(out)
+        view[2 + j] = out[2 + j]
+        for p in pos[j]:
+            yield from gather(torch.gather(v, 2 + j, p.reshape(view).expand(shape)), j + 1)
+
+    return gather(x, 0)
 
 
 def _draw_rows(gen: torch.Generator | None, n: int, g: int, s: int, device: torch.device) -> torch.Tensor:
