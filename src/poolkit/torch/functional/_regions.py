@@ -329,6 +329,22 @@ def _round_half_away(v: torch.Tensor) -> torch.Tensor:
     return torch.where((v - r).abs() >= 0.5, r + torch.sign(v), r).to(torch.int64)
 
 
+def _quantised_bins(
+    xy: torch.Tensor, out: tuple[int, int], size: tuple[int, int], dtype: torch.dtype, whole_pixels: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RoI pooling's integer bins ``(ys, ye, xs, xe)`` of boxes ``xy`` ``(K, 4)``, corners rounded as C.
+
+    ``whole_pixels``: the box holds its last pixel (``x2 - x1 + 1`` wide, bins clipped to
+    ``[0, H]``: ``roi_pool``); else ``x2 - x1`` wide, clipped to ``[0, H - 1]`` (``ps_roi_pool``).
+    """
+    qb = _round_half_away(xy)
+    extra = 1 if whole_pixels else 0
+    (oh, ow), (h, w) = out, size
+    ys, ye = _pool_bins(qb[:, 1], (qb[:, 3] - qb[:, 1] + extra).clamp(min=1), oh, h - 1 + extra, dtype)
+    xs, xe = _pool_bins(qb[:, 0], (qb[:, 2] - qb[:, 0] + extra).clamp(min=1), ow, w - 1 + extra, dtype)
+    return ys, ye, xs, xe
+
+
 def _pool_bins(
     start: torch.Tensor, roi: torch.Tensor, pooled: int, top: int, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,9 +21,8 @@ from ._regions import (
     _linear_regions,
     _locate,
     _onehot,
-    _pool_bins,
+    _quantised_bins,
     _range_weights,
-    _round_half_away,
     _to_user,
     alias2d,
 )
@@ -76,9 +75,7 @@ def _ps_roi_pool(
     ct = compute_dtype(p.dtype)
     rois, _ = _as_rois(op, boxes, n, p.x.device)
     idx, valid, xy = _locate(rois, n, scale, ct)
-    qb = _round_half_away(xy)
-    ys, ye = _pool_bins(qb[:, 1], (qb[:, 3] - qb[:, 1]).clamp(min=1), oh, h - 1, ct)
-    xs, xe = _pool_bins(qb[:, 0], (qb[:, 2] - qb[:, 0]).clamp(min=1), ow, w - 1, ct)
+    ys, ye, xs, xe = _quantised_bins(xy, (oh, ow), (h, w), ct, whole_pixels=False)
     wy, wx = _range_weights(ys, ye, h, ct), _range_weights(xs, xe, w, ct)
     y = _linear_regions(p.x.to(ct), wy, wx, _onehot(idx, valid, n, ct), ps=True)
     area = ((ye - ys).clamp(min=0)[:, :, None] * (xe - xs).clamp(min=0)[:, None, :]).clamp(min=1)

@@ -29,8 +29,7 @@ from ._regions import (
     _as_rois,
     _feature_map,
     _locate,
-    _pool_bins,
-    _round_half_away,
+    _quantised_bins,
     _to_user,
     alias2d,
 )
@@ -244,9 +243,7 @@ def _roi_pool(
     ct = compute_dtype(p.dtype)
     rois, _ = _as_rois(op, boxes, n, p.x.device)
     idx, valid, xy = _locate(rois, n, scale, ct)
-    qb = _round_half_away(xy)
-    ys, ye = _pool_bins(qb[:, 1], (qb[:, 3] - qb[:, 1] + 1).clamp(min=1), oh, h, ct)
-    xs, xe = _pool_bins(qb[:, 0], (qb[:, 2] - qb[:, 0] + 1).clamp(min=1), ow, w, ct)
+    ys, ye, xs, xe = _quantised_bins(xy, (oh, ow), (h, w), ct, whole_pixels=True)
     ye = torch.where(valid[:, None], ye, ys)  # an unusable box has empty bins
     y = _RoIMax.apply(p.x.to(ct), idx, ys, ye, xs, xe)
     return _to_user(y, p.channels_last, p.dtype)

@@ -26,7 +26,22 @@ __all__ = [
 ]
 
 
-class _StochasticPool(PoolModule):
+class _Sampling(PoolModule):
+    """Passes ``training`` and, in training, the module's ``generator`` as ``rng``."""
+
+    generator: torch.Generator | None
+
+    def arguments(self) -> dict[str, Any]:
+        return {
+            **super().arguments(),
+            "training": self.training,
+            "rng": self.generator if self.training else None,
+        }
+
+
+class _StochasticPool(_Sampling):
+    """A sampled activation per window in training; ``sum(a^2) / sum(a)`` in evaluation."""
+
     settings = ("kernel_size", "stride", "padding", "ceil_mode", "data_format")
 
     def __init__(
@@ -43,14 +58,6 @@ class _StochasticPool(PoolModule):
         name = self._set_window(kernel_size, stride, padding, ceil_mode)
         self.generator = check_generator(name, generator)
         self._set_format(data_format)
-
-    def arguments(self) -> dict[str, Any]:
-        """A sampled activation per window in training; ``sum(a^2) / sum(a)`` in evaluation."""
-        return {
-            **super().arguments(),
-            "training": self.training,
-            "rng": self.generator if self.training else None,
-        }
 
 
 class StochasticPool1d(_StochasticPool):
@@ -169,7 +176,9 @@ class MixedPool3d(_MixedPool):
     nd, function = 3, staticmethod(F.mixed_pool3d)
 
 
-class _S3Pool(PoolModule):
+class _S3Pool(_Sampling):
+    """Random ordered rows per grid cell in training; every ``stride``-th row in evaluation."""
+
     settings = ("kernel_size", "grid_size", "stride", "data_format")
 
     def __init__(
@@ -188,14 +197,6 @@ class _S3Pool(PoolModule):
         )
         self.generator = check_generator(name, generator)
         self._set_format(data_format)
-
-    def arguments(self) -> dict[str, Any]:
-        """Random ordered rows per grid cell in training; every ``stride``-th row in evaluation."""
-        return {
-            **super().arguments(),
-            "training": self.training,
-            "rng": self.generator if self.training else None,
-        }
 
 
 class S3Pool1d(_S3Pool):
