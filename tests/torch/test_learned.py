@@ -57,6 +57,21 @@ def test_gated_matches_numpy(case: Case, layout, per_channel, device, path, rng)
         _check_parity(f"gated_pool{case.nd}d", {"x": x, "weight": w}, kw, rng, device)
 
 
+@pytest.mark.parametrize("path", ["cpu-fast", "generic"])
+@pytest.mark.parametrize("window", [(3, 2, 1), (2, 2, 0), (3, 1, 1), (2, 3, 0)], ids=str)
+def test_gated_ties_and_nonfinite_windows_match_numpy(window, path, rng):
+    """Ties give the max share to PyTorch's first maximum; windows holding inf or NaN give NaN and
+    the generic formulation's gradient (the CPU tap loop falls back to it)."""
+    k, s, p = window
+    x = rng.integers(-2, 3, (2, 3, 7, 6)).astype(float)  # many ties, and windows of equal values
+    w = rng.standard_normal((3, k, k))
+    kw = dict(kernel_size=k, stride=s, padding=p)
+    with generic_paths(path == "generic"):
+        _check_parity("gated_pool2d", {"x": x, "weight": w}, kw, rng, "cpu")
+        x[0, 1, 2, 2], x[1, 2, 5, 4], x[1, 0, 0, 0] = np.inf, np.nan, -np.inf
+        _check_parity("gated_pool2d", {"x": x, "weight": w}, kw, rng, "cpu")
+
+
 def test_gated_gate_derivative_stays_accurate_when_nearly_saturated():
     # z = 40: s = 1 - 4e-18 rounds to 1; s (1 - s) = e^-40 / (1 + e^-40)^2 must not be lost with it.
     x = torch.tensor([[[1.0, 2.0]]], dtype=torch.float64)

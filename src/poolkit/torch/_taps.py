@@ -23,7 +23,16 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry import WindowSpec
-from ._core import cpu_fast_path, crop_output, divisor, pad_pairs, pad_to_windows, portable
+from ._core import (
+    cpu_fast_path,
+    crop_output,
+    divisor,
+    host_empty,
+    host_zeros,
+    pad_pairs,
+    pad_to_windows,
+    portable,
+)
 
 __all__ = [
     "MAX_POOL",
@@ -51,6 +60,7 @@ __all__ = [
     "window_max",
     "window_peak",
     "first_max",
+    "Polyphase",
 ]
 
 MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
@@ -402,3 +412,68 @@ def first_max(v: torch.Tensor, dim: int) -> torch.Tensor:
     last_nan = (v.shape[dim] - 1) - nan.flip(dim).to(torch.int32).argmax(dim, keepdim=True)
     first = torch.where(nan, torch.full_like(v, -math.inf), v).argmax(dim, keepdim=True)
     return torch.where(nan.any(dim, keepdim=True), last_nan, first)
+
+
+class Polyphase:
+    """The input split by stride phase, for tap loops on eager CPU calls.
+
+    Along an axis with stride ``s``, tap ``k`` of output ``o`` reads input
+    ``s o + k d - p``: every tap reads one phase ``r = (k d - p) mod s`` (the
+    samples ``r, r + s, ...``) at outputs shifted by a whole number of phase
+    samples. :meth:`split` copies each phase a tap reads into a dense buffer
+    once (``prod(stride)`` strided copies together the size of the input, where
+    a loop over strided tap views copies ``prod(kernel_size)`` of them), so
+    every tap is a unit-stride slice of a phase; :meth:`merge` interleaves
+    phase-shaped gradients back into an input-shaped one.
+
+    ``taps[t]`` is ``(out_index, phase, phase_index)`` for tap ``t`` (row-major,
+    as :func:`tap_ranges`), or None where every output's tap falls in padding
+    or overhang.
+    """
+
+    def __init__(self, spec: WindowSpec) -> None:
+        self.spec = spec
+        self.taps: list[tuple[tuple[slice, ...], tuple[int, ...], tuple[slice, ...]] | None] = []
+        for rng in tap_ranges(spec):
+            if rng is None:
+                self.taps.append(None)
+                continue
+            oi, ii = rng
+            phase = tuple(sl.start % ax.stride for sl, ax in zip(ii[2:], spec.axes))
+            pi = [slice(None), slice(None)]
+            for sl, o, ax in zip(ii[2:], oi[2:], spec.axes):
+                q = sl.start // ax.stride
+                pi.append(slice(q, q + o.stop - o.start))
+            self.taps.append((oi, phase, tuple(pi)))
+        self.phases = sorted({tap[1] for tap in self.taps if tap is not None})
+
+    def _index(self, phase: tuple[int, ...]) -> tuple[slice, ...]:
+        return (
+            slice(None),
+            slice(None),
+            *(slice(r, None, ax.stride) for r, ax in zip(phase, self.spec.axes)),
+        )
+
+    def split(self, x: torch.Tensor) -> dict[tuple[int, ...], torch.Tensor]:
+        """The phases the taps read, each a dense copy (``x`` itself at unit strides)."""
+        if all(ax.stride == 1 for ax in self.spec.axes):
+            return {p: x for p in self.phases}
+        out = {}
+        for p in self.phases:
+            v = x[self._index(p)]
+            out[p] = host_empty(v.shape, x.dtype).copy_(v)
+        return out
+
+    def zeros(self, like: torch.Tensor) -> dict[tuple[int, ...], torch.Tensor]:
+        """Zeroed phase-shaped buffers for a gradient (see :meth:`merge`)."""
+        return {p: host_zeros(like[self._index(p)].shape, like.dtype) for p in self.phases}
+
+    def merge(self, parts: dict[tuple[int, ...], torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """An input-shaped tensor holding ``parts`` at their phases, zero at phases no tap reads."""
+        if all(ax.stride == 1 for ax in self.spec.axes):
+            return parts[self.phases[0]]
+        every = len(self.phases) == math.prod(ax.stride for ax in self.spec.axes)
+        out = host_empty(like.shape, like.dtype, zero=not every)
+        for p, v in parts.items():
+            out[self._index(p)].copy_(v)
+        return out

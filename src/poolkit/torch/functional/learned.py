@@ -29,6 +29,8 @@ from .._core import (
     all_finite,
     cpu_fast_path,
     divisor,
+    host_empty,
+    host_zeros,
     needs_grad,
     pad_to_windows,
     param_tensor,
@@ -37,15 +39,14 @@ from .._core import (
     windowed,
 )
 from .._taps import (
-    AVG_POOL,
-    MAX_POOL,
+    Polyphase,
     TapAdjoint,
     dense_taps,
-    native_avg_adjoint,
-    native_window,
     tap_index,
     tap_ranges,
     tap_views,
+    window_max,
+    window_sum,
 )
 from .classic import _avg_pool, _max_pool
 
@@ -270,9 +271,10 @@ def _gated_pool(
     nd = p.nd
     xc = upcast(p.x)
     w, _ = _filters(op, "weight", weight, spec.kernel_size, xc.shape[1], xc, None)
-    pads = native_window(spec)
-    if pads is not None and needs_grad(xc, w) and xc.is_contiguous() and cpu_fast_path(xc):
-        return p.to_user(_GatedFunction.apply(xc, w, spec, pads).to(p.dtype))
+    if cpu_fast_path(xc):
+        if needs_grad(xc, w):
+            return p.to_user(_GatedTaps.apply(xc, w, spec).to(p.dtype))
+        return p.to_user(_gated_taps(xc, w, spec)[0].to(p.dtype))
     z = _window_dots(xc, w, spec)[0]
     mx = _max_pool(xc, kernel_size, stride, padding, 1, ceil_mode, ndim=nd, op=op)
     av = _avg_pool(xc, kernel_size, stride, padding, ceil_mode, True, ndim=nd, op=op)
@@ -280,53 +282,101 @@ def _gated_pool(
     return p.to_user(y.to(p.dtype))
 
 
-class _GatedFunction(torch.autograd.Function):
-    """Gated pooling on the CPU with a single input-sized gradient: the average branch's adjoint,
-    the max branch's added at the winners (``scatter_add_``) and the gate's window dot products
-    added in place, where autograd through the branches would allocate one per branch and more
-    for their sums. The gradients are those of the generic path's formulas."""
+def _count(spec: WindowSpec, include_pad: bool, like: torch.Tensor) -> float | torch.Tensor:
+    """:func:`~poolkit.torch._core.divisor`, as a number where every window averages the same count."""
+    d = spec.divisor(include_pad).clip(1, None)
+    if d.size and d.min() == d.max():
+        return float(d.flat[0])
+    return divisor(spec, include_pad, like)
+
+
+def _gated_taps(x: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> tuple[torch.Tensor, ...]:
+    """Gated pooling on eager CPU calls in one loop over the taps: each tap's in-range samples are
+    copied once (:func:`~poolkit.torch._taps.tap_ranges`) and feed the running maximum, the sum and
+    the gate's dot product in place, where the generic path runs max pooling (with int64 indices),
+    average pooling and the dot products as three passes over the input.
+
+    Returns ``(y, max, avg, s, 1 - s, phases)`` (:class:`~poolkit.torch._taps.Polyphase`); windows holding a NaN or an infinity give NaN.
+    """
+    out = (*x.shape[:2], *spec.output_size)
+    wb = w.reshape(w.shape[1], *[1] * spec.ndim, w.shape[2])
+    mx = host_empty(out, x.dtype).fill_(-math.inf)
+    av, z = host_zeros(out, x.dtype), host_zeros(out, x.dtype)
+    poly = Polyphase(spec)
+    phases = poly.split(x)
+    for t, tap in enumerate(poly.taps):
+        if tap is not None:
+            oi, ph, pi = tap
+            v, m = phases[ph][pi], mx[oi]
+            torch.maximum(m, v, out=m)
+            av[oi].add_(v)
+            z[oi].addcmul_(v, wb[..., t])
+    av.div_(_count(spec, True, av))
+    s, sc = torch.sigmoid(z), torch.sigmoid(z.neg_(), out=z)
+    y = torch.mul(s, mx, out=host_empty(out, x.dtype)).addcmul_(sc, av)
+    if not all_finite(y):
+        y.add_((mx - av).mul_(0))  # NaN in windows holding NaN or inf, whatever the gate
+    return y, mx, av, s, sc, phases
+
+
+class _GatedTaps(torch.autograd.Function):
+    """:func:`_gated_taps` with its gradient in one more loop over the taps: one input-sized
+    gradient, each tap's term (average share, the max share at each window's first maximum in
+    PyTorch's scan order, the gate's dot-product adjoint) added in place. Windows holding
+    non-finite values, and double backward, take autograd through the generic formulation."""
 
     @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, w: torch.Tensor, spec: WindowSpec, pads: tuple[int, ...]
-    ) -> torch.Tensor:
-        k, st, nd = spec.kernel_size, spec.stride, spec.ndim
-        z = _dots(x, w, spec)[0]
-        mx, idx = MAX_POOL[nd](x, k, st, pads, 1, spec.ceil_mode, True)
-        av = AVG_POOL[nd](x, k, st, pads, spec.ceil_mode, True)
-        s, sc = torch.sigmoid(z), torch.sigmoid(z.neg_())
-        ctx.spec, ctx.pads = spec, pads
-        ctx.save_for_backward(x, w, idx, mx, av, s, sc)
-        y = torch.mul(s, mx).addcmul_(sc, av)
-        d = mx - av
-        if not all_finite(d):
-            y = y + d * 0  # NaN in windows holding NaN or inf, whatever the gate
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+        y, mx, av, s, sc, phases = _gated_taps(x, w, spec)
+        ctx.spec, ctx.finite, ctx.keys = spec, all_finite(y), list(phases)
+        ctx.save_for_backward(x, w, mx, av, s, sc, *phases.values())  # phases: no second split
         return y
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> Any:
-        x, w, idx, mx, av, s, sc = ctx.saved_tensors
-        spec, pads = ctx.spec, ctx.pads
-        if torch.is_grad_enabled():  # double backward: autograd through the generic formulation
-            k, st, nd = spec.kernel_size, spec.stride, spec.ndim
-            mx2 = MAX_POOL[nd](x, k, st, pads, 1, spec.ceil_mode)
-            av2 = AVG_POOL[nd](x, k, st, pads, spec.ceil_mode, True)
-            y = _gated_mix(_window_dots(x, w, spec)[0], mx2, av2)
+        x, w, mx, av, s, sc, *saved = ctx.saved_tensors
+        spec = ctx.spec
+        if torch.is_grad_enabled() or not ctx.finite:  # autograd through the generic formulation
+            with torch.enable_grad():
+                av2 = window_sum(x, spec) / divisor(spec, True, x)
+                y = _gated_mix(_window_dots(x, w, spec)[0], window_max(x, spec), av2)
             wanted = [t for t, want in zip((x, w), ctx.needs_input_grad[:2]) if want]
-            grads = iter(torch.autograd.grad(y, wanted, g, create_graph=True, allow_unused=True))
-            return (*(next(grads) if want else None for want in ctx.needs_input_grad[:2]), None, None)
+            grads = iter(
+                torch.autograd.grad(y, wanted, g, create_graph=torch.is_grad_enabled(), allow_unused=True)
+            )
+            return (*(next(grads) if want else None for want in ctx.needs_input_grad[:2]), None)
+        out = mx.shape
+        wb = w.reshape(w.shape[1], *[1] * spec.ndim, w.shape[2])
         # dy/dmax = s, dy/davg = 1 - s, dy/dz = (max - avg) s (1 - s), as the gate's Function
-        gz = (g * mx).sub_(g * av).mul_(s * sc)
-        gx = native_avg_adjoint(g * sc, spec, pads, True, x)
-        n, c = x.shape[:2]
-        gx.view(n, c, -1).scatter_add_(2, idx.reshape(n, c, -1), (g * s).reshape(n, c, -1))
-        gw = _dots_adjoint(gz.unsqueeze(0), x, w, spec, gx)
-        return (
-            (gx if ctx.needs_input_grad[0] else None),
-            (gw if ctx.needs_input_grad[1] else None),
-            None,
-            None,
-        )
+        gm = torch.mul(g, s, out=host_empty(out, x.dtype))  # the max share not yet given to a winner
+        ga = torch.mul(g, sc, out=host_empty(out, x.dtype)).div_(_count(spec, True, g))
+        gz = torch.sub(mx, av, out=host_empty(out, x.dtype)).mul_(g).mul_(s).mul_(sc)
+        poly = Polyphase(spec)
+        phases, gph = dict(zip(ctx.keys, saved)), poly.zeros(x)
+        term, prod = host_empty(out, x.dtype), host_empty(out, x.dtype)
+        hit, zero = torch.empty(out, dtype=torch.bool), x.new_zeros(())
+        plane = (0, *range(2, 2 + spec.ndim))
+        gw = []
+        for t, tap in enumerate(poly.taps):
+            if tap is None:
+                gw.append(torch.zeros(x.shape[1], dtype=x.dtype))
+                continue
+            oi, ph, pi = tap
+            v = phases[ph][pi]
+            tt = torch.where(torch.eq(v, mx[oi], out=hit[oi]), gm[oi], zero, out=term[oi])
+            gm[oi].sub_(tt)
+            tt.add_(ga[oi]).addcmul_(gz[oi], wb[..., t])
+            gph[ph][pi].add_(tt)
+            if ctx.needs_input_grad[1]:
+                gw.append(torch.mul(v, gz[oi], out=prod[oi]).sum(dim=plane))
+        del phases
+        gx = poly.merge(gph, x)
+        if not ctx.needs_input_grad[1]:
+            return gx, None, None
+        gwt = torch.stack(gw, dim=-1)  # (C, K)
+        if w.shape[1] == 1:
+            gwt = gwt.sum(dim=0, keepdim=True)
+        return (gx if ctx.needs_input_grad[0] else None), gwt.reshape(w.shape), None
 
 
 # --------------------------------------------------------------------------- tree
