@@ -108,12 +108,14 @@ def test_gated_saturation_zero_weight_and_padding_rules(rng):
 # ------------------------------------------------------------------- tree
 
 
+@pytest.mark.parametrize("path", ["cpu-fast", "generic"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "depth,leaf_pc,gate_pc", [(1, True, False), (2, False, True), (3, True, True)], ids=["d1", "d2", "d3"]
 )
 @pytest.mark.parametrize("case,layout", RESEARCH_CASES)
-def test_tree_matches_numpy(case: Case, layout, depth, leaf_pc, gate_pc, device, rng):
+def test_tree_matches_numpy(case: Case, layout, depth, leaf_pc, gate_pc, device, path, rng):
+    """The CPU's polyphase tap loops and the generic (strided-tap) loops."""
     x = _layout(case.input(rng), layout)
     n_leaves = 2 ** (depth - 1)
     c = (case.shape[1],)
@@ -121,7 +123,26 @@ def test_tree_matches_numpy(case: Case, layout, depth, leaf_pc, gate_pc, device,
     gates = rng.standard_normal((n_leaves - 1, *(c if gate_pc else ()), *_kernel(case)))
     kw = dict(case.window(), data_format=layout)
     arrays = {"x": x, "leaves": leaves, "gates": gates}
-    _check_parity(f"tree_pool{case.nd}d", arrays, kw, rng, device)
+    with generic_paths(path == "generic"):
+        _check_parity(f"tree_pool{case.nd}d", arrays, kw, rng, device)
+
+
+@pytest.mark.parametrize("window", [(3, 2, 1), (2, 2, 0), (2, 3, 0)], ids=str)
+@pytest.mark.parametrize("op", ["gated", "tree"])
+def test_input_only_gradient_equals_the_full_one(op, window, rng):
+    """With filters that do not learn, the CPU loops skip their gradient; the input's is unchanged."""
+    k, s, p = window
+    x = torch.tensor(distinct((2, 3, 7, 6), rng), requires_grad=True)
+    filters = [
+        torch.tensor(rng.standard_normal(shape))
+        for shape in ([(3, k, k)] if op == "gated" else [(2, k, k), (1, k, k)])
+    ]
+    fn = getattr(TF, f"{op}_pool2d")
+    g = torch.tensor(rng.standard_normal(fn(x, *filters, k, s, p).shape))
+    (only,) = torch.autograd.grad(fn(x, *filters, k, s, p), x, g)
+    learning = [f.clone().requires_grad_() for f in filters]
+    full = torch.autograd.grad(fn(x, *learning, k, s, p), [x, *learning], g)[0]
+    torch.testing.assert_close(only, full, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])

@@ -109,11 +109,14 @@ def _dots(x: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
     ``(J, N, C, *out)``."""
     j, cw, k = w.shape
     wb = w.reshape(j, 1, cw, *[1] * spec.ndim, k)
-    r = torch.zeros((j, *x.shape[:2], *spec.output_size), dtype=x.dtype, device=x.device)
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):  # recorded: out of place
+        r = torch.zeros((j, *x.shape[:2], *spec.output_size), dtype=x.dtype, device=x.device)
         for t, v in enumerate(tap_views(pad_to_windows(x, spec, 0.0), spec)):
             r = r + wb[..., t] * v
         return r
+    if cpu_fast_path(x):
+        return _phase_dots(x, w, spec)[0]
+    r = torch.zeros((j, *x.shape[:2], *spec.output_size), dtype=x.dtype, device=x.device)
     buf = torch.empty_like(r[0])  # each tap's in-range samples, copied dense (see dense_taps)
     for t, rng in enumerate(tap_ranges(spec)):
         if rng is not None:
@@ -124,20 +127,44 @@ def _dots(x: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
     return r
 
 
+def _phase_dots(
+    x: torch.Tensor, w: torch.Tensor, spec: WindowSpec
+) -> tuple[torch.Tensor, dict[tuple[int, ...], torch.Tensor]]:
+    """:func:`_dots` on eager CPU calls over :class:`~poolkit.torch._taps.Polyphase` taps (one
+    input-sized split, unit-stride reads); returns the phases too, for the backward."""
+    j, cw, k = w.shape
+    wb = w.reshape(j, 1, cw, *[1] * spec.ndim, k)
+    r = host_zeros((j, *x.shape[:2], *spec.output_size), x.dtype)
+    poly = Polyphase(spec)
+    phases = poly.split(x)
+    for t, tap in enumerate(poly.taps):
+        if tap is not None:
+            oi, ph, pi = tap
+            for i in range(j):  # one filter at a time, in place: no J-fold temporaries
+                r[i][oi].addcmul_(phases[ph][pi], wb[i, ..., t])
+    return r, phases
+
+
 class _WindowDots(torch.autograd.Function):
-    """:func:`_dots` saving only ``x`` and ``w`` (autograd through the tap loop would allocate an
+    """:func:`_dots` saving ``x`` and ``w`` (autograd through the tap loop would allocate an
     input-sized gradient per tap in the backward). No padded copy: the loops read and write each
-    tap's in-range samples (:func:`~poolkit.torch._taps.tap_ranges`)."""
+    tap's in-range samples (:func:`~poolkit.torch._taps.tap_ranges`); on eager CPU calls from
+    :class:`~poolkit.torch._taps.Polyphase` phases, kept for the backward."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
-        ctx.spec = spec
+        ctx.spec, ctx.keys = spec, []
+        if cpu_fast_path(x):
+            r, phases = _phase_dots(x, w, spec)
+            ctx.keys = list(phases)
+            ctx.save_for_backward(x, w, *phases.values())
+            return r
         ctx.save_for_backward(x, w)
         return _dots(x, w, spec)
 
     @staticmethod
     def backward(ctx: Any, gr: torch.Tensor) -> tuple[Any, ...]:
-        x, w = ctx.saved_tensors
+        x, w, *saved = ctx.saved_tensors
         spec = ctx.spec
         j, cw, k = w.shape
         wb = w.reshape(j, 1, cw, *[1] * spec.ndim, k)
@@ -150,6 +177,8 @@ class _WindowDots(torch.autograd.Function):
                 acc.add(idx, (gr * wb[..., t]).sum(0))
                 gw.append((gr * v).sum(dim=dims))
             gx = acc.result()
+        elif ctx.keys:
+            return _phase_dots_adjoint(gr, dict(zip(ctx.keys, saved)), x, w, spec, ctx.needs_input_grad[1])
         else:
             gx = torch.zeros_like(x, memory_format=torch.contiguous_format)
             return gx, _dots_adjoint(gr, x, w, spec, gx), None
@@ -157,6 +186,42 @@ class _WindowDots(torch.autograd.Function):
         if cw == 1:
             g = g.sum(dim=1, keepdim=True)
         return gx, g, None
+
+
+def _phase_dots_adjoint(
+    gr: torch.Tensor,
+    phases: dict[tuple[int, ...], torch.Tensor],
+    x: torch.Tensor,
+    w: torch.Tensor,
+    spec: WindowSpec,
+    want_w: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+    """:func:`_dots_adjoint` over the forward's phases: each tap's term added into phase-shaped
+    gradients (unit strides), interleaved once at the end."""
+    j, cw, k = w.shape
+    wb = w.reshape(j, 1, cw, *[1] * spec.ndim, k)
+    plane = (0, *range(2, 2 + spec.ndim))
+    poly = Polyphase(spec)
+    gph = poly.zeros(x)
+    term, prod = host_empty(gr.shape[1:], gr.dtype), host_empty(gr.shape[1:], gr.dtype)
+    gw = []
+    for t, tap in enumerate(poly.taps):
+        if tap is None:
+            gw.append(torch.zeros((j, gr.shape[2]), dtype=gr.dtype))
+            continue
+        oi, ph, pi = tap
+        tt = torch.mul(gr[0][oi], wb[0, ..., t], out=term[oi])
+        for i in range(1, j):
+            tt.addcmul_(gr[i][oi], wb[i, ..., t])
+        gph[ph][pi].add_(tt)
+        if want_w:
+            v = phases[ph][pi]
+            gw.append(torch.stack([torch.mul(gr[i][oi], v, out=prod[oi]).sum(dim=plane) for i in range(j)]))
+    gx = poly.merge(gph, x)
+    if not want_w:
+        return gx, None, None
+    g = torch.stack(gw, dim=-1)  # (J, C, K)
+    return gx, (g.sum(dim=1, keepdim=True) if cw == 1 else g), None
 
 
 def _dots_adjoint(
