@@ -173,11 +173,15 @@ def tap_select_adjoint(g: torch.Tensor, arg: torch.Tensor, spec: WindowSpec) -> 
     n, c = g.shape[:2]
     padded = padded_size(spec)
     base, offs = flat_taps(spec, padded, g.device)
-    flat = base + torch.take(offs, arg.long().clamp_(max=kernel - 1))
+    which = host_empty(arg.shape, torch.int64).copy_(arg).clamp_(max=kernel - 1)
+    flat = torch.take(offs, which, out=host_empty(arg.shape, torch.int64)).add_(base)
     src = torch.where(arg < kernel, g, torch.zeros((), dtype=g.dtype, device=g.device))
-    buf = torch.zeros((n, c, *padded), dtype=g.dtype, device=g.device)
+    buf = host_zeros((n, c, *padded), g.dtype)
     buf.view(n, c, -1).scatter_add_(2, flat.reshape(n, c, -1), src.reshape(n, c, -1))
-    return unpad(buf, spec)
+    if padded == tuple(ax.size for ax in spec.axes):
+        return buf
+    # a contiguous copy of the inside, which autograd would otherwise make in PyTorch's memory
+    return host_empty((n, c, *(ax.size for ax in spec.axes)), g.dtype).copy_(unpad(buf, spec))
 
 
 class TapAdjoint:

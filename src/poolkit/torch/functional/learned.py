@@ -419,7 +419,9 @@ class _GatedTaps(torch.autograd.Function):
         poly = Polyphase(spec)
         phases, gph = dict(zip(ctx.keys, saved)), poly.zeros(x)
         term, prod = host_empty(out, x.dtype), host_empty(out, x.dtype)
-        hit, zero = torch.empty(out, dtype=torch.bool), x.new_zeros(())
+        # the 0/1 hits as floats: a product, where a bool mask would cost torch.where a branch
+        # misprediction per element
+        hit = host_empty(out, x.dtype)
         plane = (0, *range(2, 2 + spec.ndim))
         gw = []
         for t, tap in enumerate(poly.taps):
@@ -428,7 +430,7 @@ class _GatedTaps(torch.autograd.Function):
                 continue
             oi, ph, pi = tap
             v = phases[ph][pi]
-            tt = torch.where(torch.eq(v, mx[oi], out=hit[oi]), gm[oi], zero, out=term[oi])
+            tt = torch.mul(gm[oi], torch.eq(v, mx[oi], out=hit[oi]), out=term[oi])
             gm[oi].sub_(tt)
             tt.add_(ga[oi]).addcmul_(gz[oi], wb[..., t])
             gph[ph][pi].add_(tt)

@@ -28,6 +28,8 @@ from .._core import (
     all_finite,
     as_generator,
     cpu_fast_path,
+    host_empty,
+    host_zeros,
     nd_of,
     needs_grad,
     pad_to_windows,
@@ -40,6 +42,7 @@ from .._core import (
 from .._taps import (
     AVG_POOL,
     MAX_POOL,
+    Polyphase,
     TapAdjoint,
     dense_taps,
     flat_taps,
@@ -205,10 +208,66 @@ def _weight(
     return w if finite else w.nan_to_num_(nan=1.0, posinf=1.0)
 
 
+def _sample_taps(
+    x: torch.Tensor, u: torch.Tensor, spec: WindowSpec
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Training-mode sampling on eager CPU calls over :class:`~poolkit.torch._taps.Polyphase` taps
+    of ``max(x, 0)``: no padded copy, unit-stride reads, no gather. None where a window maximum is
+    not finite (the generic path's NaN and +inf rules apply).
+
+    The generic path's arithmetic in the same order (the weights, their running sum and the
+    threshold below the total), with two rewrites: the sampled tap is the number of taps whose
+    running sum stays at or below the threshold (the sum never decreases), padding taps included;
+    and the output follows the running sum, taking each tap's value while the sum before it is
+    still at or below the threshold, so it ends at the crossing tap's.
+    """
+    out = u.shape
+    poly = Polyphase(spec)
+    phases = poly.split(x)
+    a = {ph: (v.clamp_(min=0) if v is not x else v.clamp(min=0)) for ph, v in phases.items()}
+    m = host_zeros(out, x.dtype)  # every window holds a tap of x: max(a) >= 0
+    for tap in poly.taps:
+        if tap is not None:
+            oi, ph, pi = tap
+            torch.maximum(m[oi], a[ph][pi], out=m[oi])
+    if not all_finite(m):
+        return None
+    scale = torch.eq(m, 0, out=host_empty(out, x.dtype)).add_(m)  # m where > 0, else 1 (m >= 0)
+    total, w = host_zeros(out, x.dtype), host_empty(out, x.dtype)
+    for tap in poly.taps:
+        if tap is not None:
+            oi, ph, pi = tap
+            total[oi].add_(torch.div(a[ph][pi], scale[oi], out=w[oi]))
+    below = torch.mul(total, 1 - torch.finfo(x.dtype).eps / 2, out=w)  # see _stochastic_forward
+    thr = torch.mul(u, total, out=host_empty(out, x.dtype)) if u.dtype == x.dtype else (u * total).to(x.dtype)
+    torch.minimum(thr, below, out=thr)
+    # 0/1 masks as floats: lerp_ by one selects exactly, and a random bool mask would cost
+    # torch.where a branch misprediction per element (several times slower)
+    y, c, count = host_zeros(out, x.dtype), host_zeros(out, x.dtype), host_zeros(out, x.dtype)
+    under = host_empty(out, x.dtype).fill_(1)  # running sum <= threshold, before the next tap
+    for tap in poly.taps:
+        if tap is not None:
+            oi, ph, pi = tap
+            v = a[ph][pi]
+            y[oi].lerp_(v, under[oi])
+            c[oi].add_(torch.div(v, scale[oi], out=w[oi]))
+            torch.le(c, thr, out=under)
+        count.add_(under)
+    kernel = len(poly.taps)
+    win = count.to(torch.uint8 if kernel < 255 else torch.int32)
+    win.masked_fill_(total <= 0, kernel)  # no positive value: no sample, no gradient
+    return y, win
+
+
 def _stochastic_forward(
     x: torch.Tensor, u: torch.Tensor | None, spec: WindowSpec, training: bool
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Output and what the backward needs (training: the sample index; eval: scale, q, 1/sum)."""
+    if training and cpu_fast_path(x):
+        assert u is not None
+        fast = _sample_taps(x, u, spec)
+        if fast is not None:
+            return fast[0], (fast[1],)
     ap, m, scale = _scale_and_weights(x, spec)
     views = tap_views(ap, spec)
     nan = torch.isnan(m)
