@@ -77,13 +77,47 @@ def test_research_cases_match_numpy(op, case: Case, layout, device, rng):
     _check_against_numpy(name, _layout(x, layout), kw, rng, device, exact=op.startswith("median"))
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("op", ["blur-reflect", "blur-constant", "max_blur"])
+def test_blur_generic_paths_match_numpy(op, case: Case, layout, rng):
+    """The depthwise convolution and PyTorch's max pooling, as on accelerators (the CPU's separable
+    passes are checked above)."""
+    with generic_paths():
+        test_research_cases_match_numpy(op, case, layout, "cpu", rng)
+
+
+@pytest.mark.parametrize("path", ["cpu-fast", "generic"])
+@pytest.mark.parametrize(
+    "shape,kernel", [((2, 3, 9), 3), ((2, 3, 7, 6), 2), ((1, 2, 7, 6), (3, 2)), ((1, 2, 5, 4, 6), 2)], ids=str
+)
+def test_max_blur_ties_and_non_finite_inputs_match_numpy(shape, kernel, path, rng):
+    """Ties go to PyTorch's first maximum (the CPU's separable passes find it again by equality);
+    NaN and inf take PyTorch's kernel's rules (the CPU path falls back to it)."""
+    x = rng.integers(-2, 3, shape).astype(np.float64)
+    kw = dict(kernel_size=kernel, filt_size=3, stride=2)
+    with generic_paths(path == "generic"):
+        _check_against_numpy("max_blur_pool", x, kw, rng)
+        flat = x.reshape(-1)
+        flat[[3, 17, 30]] = [np.inf, np.nan, -np.inf]
+        y, pullback = vjp("max_blur_pool", x, **kw)
+        g = rng.standard_normal(y.shape)
+        xt = torch.tensor(x, requires_grad=True)
+        yt = TF.max_blur_pool(xt, **kw)
+        yt.backward(torch.tensor(g))
+        np.testing.assert_allclose(yt.detach().numpy(), y, rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(xt.grad.numpy(), pullback(g)["x"], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", ["cpu-fast", "generic"])
 @pytest.mark.parametrize("mode", ["reflect", "replicate"])
 @pytest.mark.parametrize("size", [1, 2, 3])
-def test_blur_on_maps_smaller_than_the_padding(size, mode, rng):
+def test_blur_on_maps_smaller_than_the_padding(size, mode, path, rng):
     # antialiased-cnns#47: torch's own reflection raises here; the reference repeats the reflection.
     x = rng.standard_normal((1, 2, size, size + 1))
-    for filt in (4, 7):
-        _check_against_numpy("blur_pool2d", x, dict(filt_size=filt, stride=2, pad_mode=mode), rng)
+    with generic_paths(path == "generic"):
+        for filt in (4, 7):
+            _check_against_numpy("blur_pool2d", x, dict(filt_size=filt, stride=2, pad_mode=mode), rng)
 
 
 @pytest.mark.parametrize(
@@ -97,8 +131,10 @@ def test_blur_on_maps_smaller_than_the_padding(size, mode, rng):
     ],
     ids=["1d-even", "3d-aniso", "2d-same", "kornia-padding", "subsample"],
 )
-def test_blur_settings_match_numpy(shape, kw, rng):
-    _check_against_numpy("blur_pool", rng.standard_normal(shape), kw, rng)
+@pytest.mark.parametrize("path", ["cpu-fast", "generic"])
+def test_blur_settings_match_numpy(shape, kw, path, rng):
+    with generic_paths(path == "generic"):
+        _check_against_numpy("blur_pool", rng.standard_normal(shape), kw, rng)
 
 
 def test_kornia_documented_examples_exactly():

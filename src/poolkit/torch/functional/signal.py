@@ -24,8 +24,11 @@ from ...ops.blur import _source, blur_plan
 from ...ops.wavelet import WAVELETS
 from .._core import (
     aliases,
+    all_finite,
     cpu_fast_path,
     divisor,
+    host_empty,
+    host_zeros,
     in_graph,
     nd_of,
     needs_grad,
@@ -100,9 +103,18 @@ _CONV = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.
 def _blur(
     x: torch.Tensor, mode: str, spec: WindowSpec, weights: tuple[tuple[float, ...], ...]
 ) -> torch.Tensor:
+    """The blur: :class:`_SeparableBlur` on eager CPU calls, else :func:`_blur_conv`."""
+    if cpu_fast_path(x) and x.dtype in (torch.float32, torch.float64) and x.numel():
+        return _SeparableBlur.apply(x, mode, spec, weights)
+    return _blur_conv(x, mode, spec, weights)
+
+
+def _blur_conv(
+    x: torch.Tensor, mode: str, spec: WindowSpec, weights: tuple[tuple[float, ...], ...]
+) -> torch.Tensor:
     """Pad every axis, then one depthwise strided convolution with the filter (outer product).
 
-    The convolution is the fastest formulation on every device (as antialiased-cnns' own) and its
+    The convolution is the fastest formulation on accelerators (as antialiased-cnns' own) and its
     backward is deterministic; the separable passes are kept for empty shapes. Reflection and
     replication use PyTorch's padding (one copy) except on portable calls, whose CUDA backward
     would need atomics: those copy the samples with ``cat``.
@@ -130,6 +142,87 @@ def _blur(
         if y.shape[2 + j] != ax.out:
             y = y.narrow(2 + j, 0, ax.out)
     return y
+
+
+def _axis_taps(ax: AxisWindow, mode: str) -> list[tuple[int, int, int, list[tuple[int, int]]]]:
+    """For each filter tap along one axis: ``(o_lo, o_hi, i_lo, border)`` as
+    :attr:`~poolkit.geometry.AxisWindow.taps` (outputs ``[o_lo, o_hi)`` read input ``i_lo + (o - o_lo)
+    stride``), and ``border``: the ``(output, source sample)`` pairs of the outputs whose tap falls in
+    the padding (none for zero padding)."""
+    out = []
+    for k, (o_lo, o_hi, i_lo) in enumerate(ax.taps):
+        border = []
+        if mode != "constant":
+            for o in [*range(0, min(o_lo, ax.out)), *range(o_hi, ax.out)]:
+                i = o * ax.stride + k - ax.pad_lo
+                if -ax.pad_lo <= i < ax.size + ax.pad_hi:
+                    border.append((o, _source(i, ax.size, mode)))
+        out.append((o_lo, o_hi, i_lo, border))
+    return out
+
+
+def _blur_axis(a: torch.Tensor, axis: int, ax: AxisWindow, w: tuple[float, ...], mode: str) -> torch.Tensor:
+    """One separable blur pass along ``axis``, padding read in place (no padded copy)."""
+    shape = list(a.shape)
+    shape[axis] = ax.out
+    y = host_zeros(shape, a.dtype)
+    for wk, (o_lo, o_hi, i_lo, border) in zip(w, _axis_taps(ax, mode)):
+        if o_hi > o_lo:
+            y.narrow(axis, o_lo, o_hi - o_lo).add_(_strided(a, axis, i_lo, o_hi - o_lo, ax.stride), alpha=wk)
+        for o, i in border:
+            y.select(axis, o).add_(a.select(axis, i), alpha=wk)
+    return y
+
+
+def _blur_axis_adjoint(
+    g: torch.Tensor, axis: int, ax: AxisWindow, w: tuple[float, ...], mode: str
+) -> torch.Tensor:
+    shape = list(g.shape)
+    shape[axis] = ax.size
+    ga = host_zeros(shape, g.dtype)
+    for wk, (o_lo, o_hi, i_lo, border) in zip(w, _axis_taps(ax, mode)):
+        if o_hi > o_lo:
+            _strided(ga, axis, i_lo, o_hi - o_lo, ax.stride).add_(g.narrow(axis, o_lo, o_hi - o_lo), alpha=wk)
+        for o, i in border:
+            ga.select(axis, i).add_(g.select(axis, o), alpha=wk)
+    return ga
+
+
+def _strided(a: torch.Tensor, axis: int, start: int, n: int, stride: int) -> torch.Tensor:
+    """``a``'s samples ``start, start + stride, ...`` (``n`` of them) along ``axis``: a view."""
+    v = a.narrow(axis, start, (n - 1) * stride + 1)
+    if stride == 1:
+        return v
+    idx: list[Any] = [slice(None)] * a.dim()
+    idx[axis] = slice(None, None, stride)
+    return v[tuple(idx)]
+
+
+class _SeparableBlur(torch.autograd.Function):
+    """The blur on eager CPU calls: one pass per axis (outermost first, so the passes that stride
+    through memory run on the smaller, already reduced arrays), padding read in place, and the
+    passes' adjoints in reverse. The depthwise convolution reads a padded copy and runs its
+    backward through oneDNN, several times slower here."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, mode: str, spec: WindowSpec, weights: tuple[tuple[float, ...], ...]
+    ) -> torch.Tensor:
+        ctx.args, ctx.shape = (mode, spec, weights), x.shape
+        for j, ax in enumerate(spec.axes):
+            x = _blur_axis(x, 2 + j, ax, weights[j], mode)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> Any:
+        mode, spec, weights = ctx.args
+        if torch.is_grad_enabled():  # double backward: the generic blur's adjoint (linear: any point)
+            d = torch.zeros(ctx.shape, dtype=g.dtype, requires_grad=True)
+            (gx,) = torch.autograd.grad(_blur_conv(d, mode, spec, weights), d, g, create_graph=True)
+            return gx, None, None, None
+        for j in reversed(range(spec.ndim)):
+            g = _blur_axis_adjoint(g, 2 + j, spec.axes[j], weights[j], mode)
+        return g, None, None, None
 
 
 def blur_pool(
@@ -217,6 +310,70 @@ def max_blur_pool(
     )
 
 
+class _StrideOneMax(torch.autograd.Function):
+    """Max pooling with stride 1 (no padding or dilation) on eager CPU calls: ``torch.maximum`` over
+    shifted views, one axis at a time from the innermost, which keeps PyTorch's winner (the first
+    maximum in row-major order: the first row holding the maximum, and its first). PyTorch's
+    kernel writes an input-sized output plus int64 indices and runs several times slower here.
+
+    The backward finds the winners again by equality, axis by axis from the outermost, giving
+    each window's gradient to its first equal tap. Non-finite inputs (NaN wins in PyTorch's
+    kernel) and double backward take autograd through PyTorch's max pooling.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, kernel: tuple[int, ...]) -> torch.Tensor:
+        stages = [x]
+        for j in reversed(range(len(kernel))):
+            a, axis, k = stages[-1], 2 + j, kernel[j]
+            if k == 1:
+                stages.append(a)
+                continue
+            n = a.shape[axis] - k + 1
+            shape = list(a.shape)
+            shape[axis] = n
+            m = torch.maximum(a.narrow(axis, 0, n), a.narrow(axis, 1, n), out=host_empty(shape, a.dtype))
+            for t in range(2, k):
+                torch.maximum(m, a.narrow(axis, t, n), out=m)
+            stages.append(m)
+        ctx.kernel, ctx.finite = kernel, all_finite(stages[-1])
+        ctx.save_for_backward(*stages)
+        return stages[-1]
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> Any:
+        stages, kernel = ctx.saved_tensors, ctx.kernel
+        if torch.is_grad_enabled() or not ctx.finite:
+            x = stages[0]
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_() if not torch.is_grad_enabled() else x
+                y = _max_pool(xg, kernel, 1, 0, 1, False, ndim=len(kernel))
+            (gx,) = torch.autograd.grad(y, xg, g, create_graph=torch.is_grad_enabled())
+            return gx, None
+        # two scratch buffers shared by the axes (fresh memory costs more than the arithmetic here)
+        size = max(t.numel() for t in stages[1:])
+        scratch = host_empty((2, size), g.dtype)
+        for j in range(len(kernel)):  # outermost first: the reverse of the forward
+            a, m, axis, k = stages[-2 - j], stages[-1 - j], 2 + j, kernel[j]
+            if k == 1:
+                continue
+            n = m.shape[axis]
+            hit, rest = (b[: m.numel()].view(m.shape) for b in scratch)
+            ga = host_empty(a.shape, a.dtype)
+            ga.narrow(axis, n, k - 1).zero_()
+            for t in range(k - 1):
+                # 0/1 hits as floats: a product (a bool mask would cost a branch misprediction each)
+                c = torch.mul(g, torch.eq(a.narrow(axis, t, n), m, out=hit), out=hit)
+                if t == 0:
+                    ga.narrow(axis, 0, n).copy_(c)
+                else:
+                    ga.narrow(axis, t, n).add_(c)
+                g = torch.sub(g, c, out=rest)  # the share no earlier tap has taken
+            ga.narrow(axis, k - 1, n).add_(g)  # what is left: the last tap is the maximum
+            g = ga
+        return g, None
+
+
 def _max_blur_pool(
     x: torch.Tensor,
     kernel_size: Any = 2,
@@ -232,7 +389,12 @@ def _max_blur_pool(
 ) -> torch.Tensor:
     nd = nd_of(op, x, ndim, kernel_size, filt_size, stride)
     pr = prepare(x, op=op, nd=nd, data_format=data_format)
-    m = _max_pool(pr.x, kernel_size, 1, 0, 1, ceil_mode, ndim=nd, op=op)
+    xc = upcast(pr.x)
+    if cpu_fast_path(xc) and xc.dtype in (torch.float32, torch.float64):
+        spec = window_spec(pr.spatial, kernel_size, 1, 0, 1, ceil_mode, op=op)
+        m = _StrideOneMax.apply(xc, spec.kernel_size)
+    else:
+        m = _max_pool(pr.x, kernel_size, 1, 0, 1, ceil_mode, ndim=nd, op=op)
     mode, spec, weights = blur_plan(
         op, tuple(int(n) for n in m.shape[2:]), filt_size, stride, pad_mode, padding
     )
