@@ -165,17 +165,20 @@ def test_tree_uniform_leaves_give_average_pooling_and_saturated_gates_pick_a_lea
 # ------------------------------------------------------------------- dpp
 
 
+@pytest.mark.parametrize("path", ["cpu-fast", "generic"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("asymmetric", [False, True], ids=["sym", "asym"])
 @pytest.mark.parametrize("case,layout", RESEARCH_CASES)
-def test_dpp_matches_numpy(case: Case, layout, asymmetric, device, rng):
+def test_dpp_matches_numpy(case: Case, layout, asymmetric, device, path, rng):
+    """The CPU's in-place polyphase loops and the generic Function (padded copy, tap views)."""
     x = _layout(case.input(rng), layout)
     shape = (case.shape[1],) if case.nd != 1 else ()
     alpha, lam = rng.uniform(0.2, 1.0, shape), rng.uniform(0.5, 3.0, shape)
     if alpha.ndim:
         alpha[0] = 0.0  # allowed: only rho weighs
     kw = dict(case.window(), asymmetric=asymmetric, data_format=layout)
-    _check_parity(f"dpp_pool{case.nd}d", {"x": x, "alpha": alpha, "lam": lam}, kw, rng, device)
+    with generic_paths(path == "generic"):
+        _check_parity(f"dpp_pool{case.nd}d", {"x": x, "alpha": alpha, "lam": lam}, kw, rng, device)
 
 
 def test_dpp_limits_and_extreme_parameters(rng):

@@ -745,6 +745,111 @@ class _DPP(torch.autograd.Function):
         return gx, ga, gl, None
 
 
+def _dpp_taps_forward(
+    x: torch.Tensor, alpha: torch.Tensor, lam: torch.Tensor, geo: _Geometry
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """:func:`_dpp_core` on eager CPU calls: the same formulas in the same order, in place on
+    :class:`~poolkit.torch._taps.Polyphase` taps (no padded copy; padding taps are skipped, where the
+    generic loop weighs them 0).
+
+    Returns ``y`` and ``(m, lmax, s, *phases)`` for :class:`_DPPTaps`.
+    """
+    spec = geo.spec
+    out = (*x.shape[:2], *spec.output_size)
+    poly = Polyphase(spec)
+    phases = poly.split(x)
+    taps = [(oi, phases[ph][pi]) for oi, ph, pi in filter(None, poly.taps)]
+    hl, la = lam / 2, torch.log(alpha)
+    m = host_zeros(out, x.dtype)
+    for oi, v in taps:
+        m[oi].add_(v)
+    m.mul_(geo.inv)
+    dev = _Deviation(geo, m)
+    qmax = host_zeros(out, x.dtype)
+    for oi, v in taps:
+        torch.maximum(qmax[oi], dev(oi, v)[1], out=qmax[oi])
+    lmax = torch.maximum(torch.log(qmax, out=qmax).mul_(hl), la)
+    ea = torch.exp(la - lmax)
+    s, y, w = host_zeros(out, x.dtype), host_zeros(out, x.dtype), host_empty(out, x.dtype)
+    for oi, v in taps:
+        q = dev(oi, v)[1]
+        r = torch.log(q, out=q).mul_(hl).sub_(lmax[oi]).exp_()  # rho / the largest weight
+        wt = torch.add(r, ea[oi], out=w[oi])
+        s[oi].add_(wt)
+        y[oi].addcmul_(wt, v)
+    y.div_(s)
+    return y, (m, lmax, s, *phases.values())
+
+
+class _Deviation:
+    """:meth:`_Geometry.deviation` in place, into two reused output-sized buffers."""
+
+    def __init__(self, geo: _Geometry, m: torch.Tensor) -> None:
+        self.geo, self.m = geo, m
+        self.d, self.q = host_empty(m.shape, m.dtype), host_empty(m.shape, m.dtype)
+
+    def __call__(self, oi: tuple[slice, ...], v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = torch.sub(v, self.m[oi], out=self.d[oi])
+        if self.geo.asym:
+            d.clamp_(min=0)
+        return d, torch.mul(d, d, out=self.q[oi]).clamp_(max=self.geo.big).add_(self.geo.eps2)
+
+
+class _DPPTaps(torch.autograd.Function):
+    """:class:`_DPP` on eager CPU calls for finite inputs (:func:`_dpp_taps_forward`); its backward
+    is :func:`_dpp_vjp`'s formulas in place, each tap's terms recomputed (nothing kernel-sized is
+    kept), the input's gradient in phase-shaped buffers. Non-finite inputs and double backward
+    take :class:`_DPP`."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, alpha: torch.Tensor, lam: torch.Tensor, geo: _Geometry
+    ) -> torch.Tensor:
+        y, saved = _dpp_taps_forward(x, alpha, lam, geo)
+        ctx.geo, ctx.keys = geo, list(Polyphase(geo.spec).phases)
+        ctx.save_for_backward(x, alpha, lam, y, *saved)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        x, alpha, lam, y, m, lmax, s, *rest = ctx.saved_tensors
+        geo = ctx.geo
+        if torch.is_grad_enabled():
+            with torch.enable_grad():
+                yg = _DPP.apply(pad_to_windows(x, geo.spec, 0.0), alpha, lam, geo)
+            wanted = [t for t, want in zip((x, alpha, lam), ctx.needs_input_grad[:3]) if want]
+            grads = iter(torch.autograd.grad(yg, wanted, g, create_graph=True, allow_unused=True))
+            return (*(next(grads) if want else None for want in ctx.needs_input_grad[:3]), None)
+        poly = Polyphase(geo.spec)
+        phases = dict(zip(ctx.keys, rest))
+        out = y.shape
+        hl = lam / 2
+        gs = torch.div(g, s, out=host_empty(out, y.dtype))
+        ea = torch.exp(torch.log(alpha) - lmax)
+        gm, gl = host_zeros(out, y.dtype), host_zeros(out, y.dtype)
+        gph = poly.zeros(x)
+        dev = _Deviation(geo, m)
+        h_buf, r_buf, beta, term = (host_empty(out, y.dtype) for _ in range(4))
+        taps = [tap for tap in poly.taps if tap is not None]
+        for oi, ph, pi in taps:
+            v = phases[ph][pi]
+            d, q = dev(oi, v)
+            h = torch.log(q, out=h_buf[oi])  # 2 log sqrt(d^2 + eps^2)
+            r = torch.mul(h, hl, out=r_buf[oi]).sub_(lmax[oi]).exp_()  # rho / the largest weight
+            b = torch.sub(v, y[oi], out=beta[oi]).mul_(gs[oi]).mul_(r)  # beta_q rho_q (scaled)
+            gl[oi].addcmul_(h, b)
+            dd = b.mul_(d.div_(q)).mul_(lam)  # beta_q rho'(d_q) = beta_q rho_q lam d / (d^2 + eps^2)
+            t = torch.add(r, ea[oi], out=term[oi]).mul_(gs[oi]).add_(dd)  # g w_q / S and rho's own term
+            gph[ph][pi].add_(t)
+            gm[oi].sub_(dd)
+        gm.mul_(geo.inv)
+        for oi, ph, pi in taps:
+            gph[ph][pi].add_(gm[oi])
+        # dD/dalpha = sum_q (I[q] - D) / S = count (Itilde - D) / S, S unscaled
+        ga = torch.sub(m, y, out=beta).mul_(gs).div_(geo.inv).mul_(torch.exp(-lmax))
+        return poly.merge(gph, x), _reduce_param(ga, alpha), _reduce_param(gl, lam) / 2, None
+
+
 def _dpp_pool(
     x: torch.Tensor,
     alpha: Any,
@@ -768,6 +873,10 @@ def _dpp_pool(
     a = _dpp_param(op, "alpha", alpha, c, xc)
     lm = _dpp_param(op, "lam", lam, c, xc)
     geo = _Geometry(spec, xc, eps, asym)
+    if cpu_fast_path(xc) and all_finite(xc):
+        if needs_grad(xc, a, lm):
+            return p.to_user(_DPPTaps.apply(xc, a, lm, geo).to(p.dtype))
+        return p.to_user(_dpp_taps_forward(xc, a, lm, geo)[0].to(p.dtype))
     xp = pad_to_windows(xc, spec, 0.0)
     if needs_grad(xp, a, lm):
         y = _DPP.apply(xp, a, lm, geo)
