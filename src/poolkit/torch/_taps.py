@@ -340,6 +340,12 @@ def native_avg_adjoint(
             w.unsqueeze(2), like.unsqueeze(2), [1, *k], [1, *s], [0, *p], spec.ceil_mode, include_pad, None
         )
         return g.squeeze(2)
+    if like.is_contiguous() and not torch.is_grad_enabled() and cpu_fast_path(like):
+        # into huge-page memory (the kernel writes every element: its own allocation faults in 4 KiB pages)
+        out = host_empty(like.shape, like.dtype)
+        return _AVG_BACKWARD[spec.ndim].grad_input(
+            w, like, k, s, p, spec.ceil_mode, include_pad, None, grad_input=out
+        )
     return _AVG_BACKWARD[spec.ndim](w, like, k, s, p, spec.ceil_mode, include_pad, None)
 
 

@@ -42,6 +42,7 @@ from .._core import (
     channel_param,
     cpu_fast_path,
     divisor,
+    host_empty,
     nd_of,
     needs_grad,
     pad_to_windows,
@@ -303,7 +304,7 @@ def _plane_exp(logits: torch.Tensor, spec: WindowSpec, r: Any = None) -> tuple[t
         peak = logits.amax(dim=tuple(range(2, logits.dim())), keepdim=True)
         if not bool(torch.isfinite(peak).all()):
             return None
-        e = torch.sub(logits, peak)
+        e = torch.sub(logits, peak, out=host_empty(logits.shape, logits.dtype))
         if r is not None:
             e.mul_(r)
         e.exp_()
@@ -325,7 +326,7 @@ def _plane_weighted(
         return None
     e, se, _ = plane
     with torch.no_grad():
-        y = window_mean(x * e, spec).div_(se)
+        y = window_mean(torch.mul(x, e, out=host_empty(e.shape, e.dtype)), spec).div_(se)
     return (y, e, se) if all_finite(y) else None
 
 
