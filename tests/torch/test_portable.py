@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import poolkit.torch.functional as TF
-from poolkit.torch._core import force_portable, portable
+from poolkit.torch._core import force_portable, host_empty, host_zeros, portable
 
 from torch_helpers import DEVICES
 
@@ -115,3 +115,22 @@ def test_portable_is_off_on_cpu_and_without_grad():
     with force_portable():
         assert portable(x)
     assert not portable(x)
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.bool]
+)
+@pytest.mark.parametrize("numel", [10, 3 << 20])
+def test_host_buffers_are_ordinary_cpu_tensors(dtype, numel):
+    """The CPU paths' large buffers live in NumPy's (huge-page) memory; small ones and dtypes NumPy
+    lacks in PyTorch's. Either way: contiguous, writable, the asked shape and dtype, zeroed on request."""
+    shape = (2, numel // 2)
+    t = host_zeros(shape, dtype)
+    assert t.shape == shape and t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous()
+    assert not t.any()
+    e = host_empty(shape, dtype)
+    e.fill_(1)
+    assert e.shape == shape and e.dtype == dtype and bool(e.all())
+    acc = torch.zeros(shape, dtype=dtype)
+    acc += e  # usable as an accumulated gradient
+    assert bool(acc.all())
