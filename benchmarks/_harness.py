@@ -76,6 +76,31 @@ def peak_extra_bytes(fn: Callable[[], Any]) -> int:
     return peak - base
 
 
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def peak_rss_bytes(fn: Callable[[], Any]) -> int | None:
+    """Peak resident memory ``fn`` adds while it runs (Linux: the high-water mark is reset through
+    ``/proc/self/clear_refs``), whichever allocator it uses (PyTorch's, NumPy's), results included.
+    None where the kernel does not offer the reset."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _status_bytes("VmRSS")
+    except (OSError, KeyError):
+        return None
+    result = fn()
+    peak = _status_bytes("VmHWM")
+    del result
+    return peak - base
+
+
 def copy_bandwidth(nbytes: int = 1 << 28, repeats: int = 5) -> float:
     """Bytes per second of ``np.copyto`` (read + write counted), this machine, this run."""
     import numpy as np

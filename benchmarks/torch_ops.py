@@ -12,8 +12,10 @@ on the same input, and of the paper's reference PyTorch formulation where
 one exists (SoftPool's ``avg_pool(x e^x) / avg_pool(e^x)``, the common
 ``unfold`` stochastic pooling, cirtorch's GeM, LIP's ``avg_pool(x e^l) /
 avg_pool(e^l)``, antialiased-cnns' depthwise blur). It prints the ratios
-(targets: poolkit <= reference, poolkit <= 2x native max) and the bytes
-autograd saves for the backward, in units of the input's size.
+(targets: poolkit <= reference, poolkit <= 2x native max), the bytes
+autograd saves for the backward and the peak resident memory each
+forward+backward adds (gradient included; PyTorch's and NumPy's allocations
+alike), in units of the input's size.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import interleaved, machine_info, write_json  # noqa: E402
+from _harness import interleaved, machine_info, peak_rss_bytes, write_json  # noqa: E402
 
 SHAPE = (64, 128, 56, 56)
 WINDOWS = [(2, 2, 0), (3, 2, 1)]
@@ -141,8 +143,9 @@ def _measure(
     window: tuple[int, int, int],
     x0: Any,
     repeats: int,
-) -> tuple[dict[str, float], int, int | None]:
-    """Interleaved forward+backward medians of poolkit, native max and the reference; saved bytes."""
+) -> tuple[dict[str, float], int, int | None, dict[str, int | None]]:
+    """Interleaved forward+backward medians of poolkit, native max and the reference; saved bytes;
+    the peak memory each forward+backward adds (gradient included)."""
     import torch.nn.functional as F
 
     k, s, p = window
@@ -159,10 +162,11 @@ def _measure(
     if ref is not None:
         fns["reference"] = fwd_bwd(_bind(ref, extra, {}))
     times = interleaved(fns, repeats)
+    peaks = {name: peak_rss_bytes(f) for name, f in fns.items()}
     xs = x0.detach().requires_grad_(True)
     saved = _saved_bytes(lambda: fn(xs))
     ref_saved = _saved_bytes(lambda: ref(xs, *extra)) if ref is not None else None
-    return times, saved, ref_saved
+    return times, saved, ref_saved, peaks
 
 
 def _bind(fn: Callable[..., Any], extra: tuple[Any, ...], kw: dict[str, Any]) -> Callable[[Any], Any]:
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'operator':18s} {'window':9s} {'poolkit ms':>10s} {'max ms':>8s} {'ref ms':>8s} "
-        f"{'/max':>6s} {'/ref':>6s} {'saved':>6s} {'ref saved':>9s}"
+        f"{'/max':>6s} {'/ref':>6s} {'saved':>6s} {'ref saved':>9s} {'peak':>6s} {'max pk':>6s} {'ref pk':>6s}"
     )
     rows = []
     for k, s, p in WINDOWS:
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.ops and not any(o in name for o in args.ops):
                 continue
 
-            t, saved, ref_saved = _measure(fn, refs.get(name), extra, (k, s, p), x0, args.repeats)
+            t, saved, ref_saved, peaks = _measure(fn, refs.get(name), extra, (k, s, p), x0, args.repeats)
             saved /= nbytes
             ref_saved = None if ref_saved is None else ref_saved / nbytes
             row = {
@@ -212,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ratio_vs_reference": t["poolkit"] / t["reference"] if "reference" in t else None,
                 "saved_x_input": saved,
                 "reference_saved_x_input": ref_saved,
+                **{f"{who}_peak_x_input": None if v is None else v / nbytes for who, v in peaks.items()},
             }
             rows.append(row)
             ref_ms = f"{row['reference_ms']:8.1f}" if "reference" in t else f"{'-':>8s}"
@@ -219,9 +224,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['ratio_vs_reference']:6.2f}" if row["ratio_vs_reference"] is not None else f"{'-':>6s}"
             )
             ref_sv = f"{ref_saved:9.2f}" if ref_saved is not None else f"{'-':>9s}"
+            pk = " ".join(
+                f"{v / nbytes:6.2f}" if v is not None else f"{'-':>6s}"
+                for v in (peaks.get("poolkit"), peaks.get("max"), peaks.get("reference"))
+            )
             print(
                 f"{name:18s} {row['window']:9s} {row['poolkit_ms']:10.1f} {row['max_ms']:8.1f} {ref_ms} "
-                f"{row['ratio_vs_max']:6.2f} {ratio_ref} {saved:6.2f} {ref_sv}",
+                f"{row['ratio_vs_max']:6.2f} {ratio_ref} {saved:6.2f} {ref_sv} {pk}",
                 flush=True,
             )
     path = write_json(args.json, {"machine": info, "results": rows})
