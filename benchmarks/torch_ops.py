@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import interleaved, machine_info, peak_rss_bytes, write_json  # noqa: E402
+from _harness import interleaved, machine_info, peak_rss_bytes, release_freed_memory, write_json  # noqa: E402
 
 SHAPE = (64, 128, 56, 56)
 WINDOWS = [(2, 2, 0), (3, 2, 1)]
@@ -143,9 +143,9 @@ def _measure(
     window: tuple[int, int, int],
     x0: Any,
     repeats: int,
-) -> tuple[dict[str, float], int, int | None, dict[str, int | None]]:
+) -> tuple[dict[str, float], int, int | None, dict[str, Callable[[], Any]]]:
     """Interleaved forward+backward medians of poolkit, native max and the reference; saved bytes;
-    the peak memory each forward+backward adds (gradient included)."""
+    the forward+backward runs (for :func:`_peaks`, after every timing)."""
     import torch.nn.functional as F
 
     k, s, p = window
@@ -162,11 +162,29 @@ def _measure(
     if ref is not None:
         fns["reference"] = fwd_bwd(_bind(ref, extra, {}))
     times = interleaved(fns, repeats)
-    peaks = {name: peak_rss_bytes(f) for name, f in fns.items()}
     xs = x0.detach().requires_grad_(True)
     saved = _saved_bytes(lambda: fn(xs))
     ref_saved = _saved_bytes(lambda: ref(xs, *extra)) if ref is not None else None
-    return times, saved, ref_saved, peaks
+    return times, saved, ref_saved, fns
+
+
+def _peaks(rows: list[dict[str, Any]], runs: list[dict[str, Callable[[], Any]]], nbytes: int) -> None:
+    """Peak resident memory each forward+backward adds (gradient included), measured after every
+    timing with freed memory returned to the kernel (which would slow the timed runs)."""
+    if not release_freed_memory():
+        print("# peak memory: not measured (no glibc mallopt)")
+        return
+    print("# peak resident memory added by one forward+backward, / input bytes (gradient included)")
+    print(f"{'operator':18s} {'window':9s} {'poolkit':>8s} {'max':>8s} {'ref':>8s}")
+    for row, fns in zip(rows, runs):
+        for who in ("poolkit", "max", "reference"):
+            v = peak_rss_bytes(fns[who]) if who in fns else None
+            row[f"{who}_peak_x_input"] = None if v is None else v / nbytes
+        cells = " ".join(
+            f"{row[f'{w}_peak_x_input']:8.2f}" if row.get(f"{w}_peak_x_input") is not None else f"{'-':>8s}"
+            for w in ("poolkit", "max", "reference")
+        )
+        print(f"{row['operator']:18s} {row['window']:9s} {cells}", flush=True)
 
 
 def _bind(fn: Callable[..., Any], extra: tuple[Any, ...], kw: dict[str, Any]) -> Callable[[Any], Any]:
@@ -194,16 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'operator':18s} {'window':9s} {'poolkit ms':>10s} {'max ms':>8s} {'ref ms':>8s} "
-        f"{'/max':>6s} {'/ref':>6s} {'saved':>6s} {'ref saved':>9s} {'peak':>6s} {'max pk':>6s} {'ref pk':>6s}"
+        f"{'/max':>6s} {'/ref':>6s} {'saved':>6s} {'ref saved':>9s}"
     )
-    rows = []
+    rows: list[dict[str, Any]] = []
+    runs: list[dict[str, Callable[[], Any]]] = []
     for k, s, p in WINDOWS:
         refs = references(k, s, p)
         for name, (fn, extra) in poolkit_calls(k, s, p, x0).items():
             if args.ops and not any(o in name for o in args.ops):
                 continue
 
-            t, saved, ref_saved, peaks = _measure(fn, refs.get(name), extra, (k, s, p), x0, args.repeats)
+            t, saved, ref_saved, fns = _measure(fn, refs.get(name), extra, (k, s, p), x0, args.repeats)
+            runs.append(fns)
             saved /= nbytes
             ref_saved = None if ref_saved is None else ref_saved / nbytes
             row = {
@@ -216,7 +236,6 @@ def main(argv: list[str] | None = None) -> int:
                 "ratio_vs_reference": t["poolkit"] / t["reference"] if "reference" in t else None,
                 "saved_x_input": saved,
                 "reference_saved_x_input": ref_saved,
-                **{f"{who}_peak_x_input": None if v is None else v / nbytes for who, v in peaks.items()},
             }
             rows.append(row)
             ref_ms = f"{row['reference_ms']:8.1f}" if "reference" in t else f"{'-':>8s}"
@@ -224,15 +243,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['ratio_vs_reference']:6.2f}" if row["ratio_vs_reference"] is not None else f"{'-':>6s}"
             )
             ref_sv = f"{ref_saved:9.2f}" if ref_saved is not None else f"{'-':>9s}"
-            pk = " ".join(
-                f"{v / nbytes:6.2f}" if v is not None else f"{'-':>6s}"
-                for v in (peaks.get("poolkit"), peaks.get("max"), peaks.get("reference"))
-            )
             print(
                 f"{name:18s} {row['window']:9s} {row['poolkit_ms']:10.1f} {row['max_ms']:8.1f} {ref_ms} "
-                f"{row['ratio_vs_max']:6.2f} {ratio_ref} {saved:6.2f} {ref_sv} {pk}",
+                f"{row['ratio_vs_max']:6.2f} {ratio_ref} {saved:6.2f} {ref_sv}",
                 flush=True,
             )
+    _peaks(rows, runs, nbytes)
     path = write_json(args.json, {"machine": info, "results": rows})
     print(f"# wrote {path}")
     return 0

@@ -46,4 +46,4 @@ def test_torch_ops_benchmark_reports_ratios_and_memory(tmp_path, capsys):
         assert "poolkit_peak_x_input" in r and "max_peak_x_input" in r
     soft = [r for r in rows if r["operator"] == "soft_pool"]
     assert all(r["ratio_vs_reference"] > 0 and "reference_peak_x_input" in r for r in soft)
-    assert "peak" in capsys.readouterr().out
+    assert "peak" in capsys.readouterr().out  # the second table
