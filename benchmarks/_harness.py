@@ -47,13 +47,19 @@ def machine_info() -> dict[str, Any]:
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds of each function, run in turn so drift hits all alike."""
+    """Median seconds of each function, run in turn so drift hits all alike.
+
+    The order rotates from one repeat to the next, so no function always runs right after the
+    same other one (a contender that frees a lot of memory leaves the next one to fault it in).
+    """
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = fns[name]
             gc.collect()
             t0 = time.perf_counter()
             fn()
