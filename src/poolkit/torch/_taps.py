@@ -163,25 +163,25 @@ def tap_select_adjoint(g: torch.Tensor, arg: torch.Tensor, spec: WindowSpec) -> 
     """The gradient of selecting one tap per window: ``g`` added at tap ``arg`` of its window
     (row-major, :func:`tap_index` order; ``arg`` equal to the tap count selects nothing).
 
-    On eager CPU calls without double backward, one ``scatter_add_`` over the
-    padded plane (deterministic on the CPU); elsewhere a :class:`TapAdjoint`
-    loop (deterministic on every device, differentiable again).
+    On eager CPU calls without double backward, one ``scatter_add_`` straight into the input's
+    plane (deterministic on the CPU), which needs every selected tap inside the input (the
+    callers, stochastic and median pooling, never select padding); elsewhere a
+    :class:`TapAdjoint` loop (deterministic on every device, differentiable again).
     """
     kernel = math.prod(spec.kernel_size)
     if torch.is_grad_enabled() or not cpu_fast_path(g):
         return TapAdjoint(spec, g).add_all(g * (arg == t).to(g.dtype) for t in range(kernel)).result()
     n, c = g.shape[:2]
-    padded = padded_size(spec)
-    base, offs = flat_taps(spec, padded, g.device)
+    size = tuple(ax.size for ax in spec.axes)
+    base, offs = flat_taps(spec, size, g.device)  # over the unpadded plane: shifted by the padding
+    shift = sum(ax.pad_lo * math.prod(size[j + 1 :]) for j, ax in enumerate(spec.axes))
     which = host_empty(arg.shape, torch.int64).copy_(arg).clamp_(max=kernel - 1)
-    flat = torch.take(offs, which, out=host_empty(arg.shape, torch.int64)).add_(base)
+    flat = torch.take(offs, which, out=host_empty(arg.shape, torch.int64)).add_(base).sub_(shift)
+    flat.clamp_(0, max(math.prod(size) - 1, 0))  # windows selecting nothing add 0: anywhere will do
     src = torch.where(arg < kernel, g, torch.zeros((), dtype=g.dtype, device=g.device))
-    buf = host_zeros((n, c, *padded), g.dtype)
+    buf = host_zeros((n, c, *size), g.dtype)
     buf.view(n, c, -1).scatter_add_(2, flat.reshape(n, c, -1), src.reshape(n, c, -1))
-    if padded == tuple(ax.size for ax in spec.axes):
-        return buf
-    # a contiguous copy of the inside, which autograd would otherwise make in PyTorch's memory
-    return host_empty((n, c, *(ax.size for ax in spec.axes)), g.dtype).copy_(unpad(buf, spec))
+    return buf
 
 
 class TapAdjoint:
