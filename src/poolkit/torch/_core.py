@@ -38,6 +38,7 @@ __all__ = [
     "compute_dtype",
     "upcast",
     "needs_grad",
+    "generic_grads",
     "zero_nonfinite",
     "as_generator",
     "param_tensor",
@@ -202,6 +203,17 @@ def needs_grad(*tensors: Any) -> bool:
     return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
+def generic_grads(
+    y: torch.Tensor, inputs: Sequence[torch.Tensor], needs: Sequence[bool], g: torch.Tensor
+) -> tuple[torch.Tensor | None, ...]:
+    """A custom Function's gradients by autograd through a generic formulation ``y`` of its
+    ``inputs``: one per input, None where ``needs`` (``ctx.needs_input_grad``) is false; recorded
+    when grad mode is on (a double backward)."""
+    wanted = [t for t, want in zip(inputs, needs) if want]
+    grads = iter(torch.autograd.grad(y, wanted, g, create_graph=torch.is_grad_enabled(), allow_unused=True))
+    return tuple(next(grads) if want else None for want in needs)
+
+
 def zero_nonfinite(t: torch.Tensor) -> torch.Tensor:
     """``t`` with NaN and infinities replaced by 0 (gradients of windows that pass none)."""
     return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
@@ -354,9 +366,10 @@ def cpu_fast_path(x: torch.Tensor) -> bool:
 
     These paths read a value on the host (SoftPool, LIP and LSE shift their
     exponents by each plane's maximum and check that no window's weights
-    underflowed, else they shift by each window's), or use kernels that are
-    deterministic on the CPU only (``scatter_add_`` in the mixed, gated, stochastic,
-    median and S3 gradients). Accelerators, compiled graphs, tracing and
+    underflowed, else they shift by each window's; gated, stochastic, max-blur
+    and DPP check that their windows are finite), allocate in NumPy's memory
+    (:func:`host_empty`), or use kernels that are deterministic on the CPU only
+    (``scatter_add_`` in the mixed, stochastic, median and S3 gradients). Accelerators, compiled graphs, tracing and
     export take the generic paths, which need neither.
     """
     if _FORCE_GENERIC.on or x.device.type != "cpu" or x.numel() == 0:

@@ -143,10 +143,12 @@ def unpad(xp: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
 
 
 def flat_taps(
-    spec: WindowSpec, padded: tuple[int, ...], device: torch.device
+    spec: WindowSpec, plane: tuple[int, ...], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat index (over the padded plane) of each window's first tap, and each tap's offset from it."""
-    strides = [math.prod(padded[j + 1 :]) for j in range(len(padded))]
+    """Flat index of each window's first tap in a plane of spatial size ``plane`` whose origin is
+    the padded input's (the padded plane; the input's own plane needs the padding subtracted),
+    and each tap's offset from it."""
+    strides = [math.prod(plane[j + 1 :]) for j in range(len(plane))]
     base = torch.zeros(spec.output_size, dtype=torch.int64, device=device)
     for j, ax in enumerate(spec.axes):
         shape = [1] * spec.ndim

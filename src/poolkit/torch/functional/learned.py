@@ -29,6 +29,7 @@ from .._core import (
     all_finite,
     cpu_fast_path,
     divisor,
+    generic_grads,
     host_empty,
     host_zeros,
     needs_grad,
@@ -356,12 +357,12 @@ def _count(spec: WindowSpec, include_pad: bool, like: torch.Tensor) -> float | t
 
 
 def _gated_taps(x: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> tuple[torch.Tensor, ...]:
-    """Gated pooling on eager CPU calls in one loop over the taps: each tap's in-range samples are
-    copied once (:func:`~poolkit.torch._taps.tap_ranges`) and feed the running maximum, the sum and
-    the gate's dot product in place, where the generic path runs max pooling (with int64 indices),
-    average pooling and the dot products as three passes over the input.
+    """Gated pooling on eager CPU calls in one loop over :class:`~poolkit.torch._taps.Polyphase`
+    taps, each feeding the running maximum, the sum and the gate's dot product in place, where the
+    generic path runs max pooling (with int64 indices), average pooling and the dot products as
+    three passes over the input.
 
-    Returns ``(y, max, avg, s, 1 - s, phases)`` (:class:`~poolkit.torch._taps.Polyphase`); windows holding a NaN or an infinity give NaN.
+    Returns ``(y, max, avg, s, 1 - s, phases)``; windows holding a NaN or an infinity give NaN.
     """
     out = (*x.shape[:2], *spec.output_size)
     wb = w.reshape(w.shape[1], *[1] * spec.ndim, w.shape[2])
@@ -405,11 +406,7 @@ class _GatedTaps(torch.autograd.Function):
             with torch.enable_grad():
                 av2 = window_sum(x, spec) / divisor(spec, True, x)
                 y = _gated_mix(_window_dots(x, w, spec)[0], window_max(x, spec), av2)
-            wanted = [t for t, want in zip((x, w), ctx.needs_input_grad[:2]) if want]
-            grads = iter(
-                torch.autograd.grad(y, wanted, g, create_graph=torch.is_grad_enabled(), allow_unused=True)
-            )
-            return (*(next(grads) if want else None for want in ctx.needs_input_grad[:2]), None)
+            return (*generic_grads(y, (x, w), ctx.needs_input_grad[:2], g), None)
         out = mx.shape
         wb = w.reshape(w.shape[1], *[1] * spec.ndim, w.shape[2])
         # dy/dmax = s, dy/davg = 1 - s, dy/dz = (max - avg) s (1 - s), as the gate's Function
@@ -436,7 +433,6 @@ class _GatedTaps(torch.autograd.Function):
             gph[ph][pi].add_(tt)
             if ctx.needs_input_grad[1]:
                 gw.append(torch.mul(v, gz[oi], out=prod[oi]).sum(dim=plane))
-        del phases
         gx = poly.merge(gph, x)
         if not ctx.needs_input_grad[1]:
             return gx, None, None
@@ -630,12 +626,19 @@ class _Geometry:
         self.big = float(info.max) / 4
         self.eps2 = min(max(eps * eps, float(info.tiny)), self.big)
 
-    def deviation(self, v: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``d = I - Itilde`` (``max(0, .)`` when asymmetric) and ``q = min(d^2, big) + eps^2``."""
-        d = v - m
+    def deviation(
+        self, v: torch.Tensor, m: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``d = I - Itilde`` (``max(0, .)`` when asymmetric) and ``q = min(d^2, big) + eps^2``;
+        written into the buffers ``out`` (``d``, ``q``) when given (outside autograd)."""
+        if out is None:
+            d = v - m
+            d = d.clamp(min=0) if self.asym else d
+            return d, (d * d).clamp(max=self.big) + self.eps2
+        d = torch.sub(v, m, out=out[0])
         if self.asym:
-            d = d.clamp(min=0)
-        return d, (d * d).clamp(max=self.big) + self.eps2
+            d.clamp_(min=0)
+        return d, torch.mul(d, d, out=out[1]).clamp_(max=self.big).add_(self.eps2)
 
 
 def _cap(e: torch.Tensor) -> torch.Tensor:
@@ -764,35 +767,22 @@ def _dpp_taps_forward(
     for oi, v in taps:
         m[oi].add_(v)
     m.mul_(geo.inv)
-    dev = _Deviation(geo, m)
+    bufs = host_empty(out, x.dtype), host_empty(out, x.dtype)  # d and q, reused by every tap
     qmax = host_zeros(out, x.dtype)
     for oi, v in taps:
-        torch.maximum(qmax[oi], dev(oi, v)[1], out=qmax[oi])
+        q = geo.deviation(v, m[oi], (bufs[0][oi], bufs[1][oi]))[1]
+        torch.maximum(qmax[oi], q, out=qmax[oi])
     lmax = torch.maximum(torch.log(qmax, out=qmax).mul_(hl), la)
     ea = torch.exp(la - lmax)
     s, y, w = host_zeros(out, x.dtype), host_zeros(out, x.dtype), host_empty(out, x.dtype)
     for oi, v in taps:
-        q = dev(oi, v)[1]
+        q = geo.deviation(v, m[oi], (bufs[0][oi], bufs[1][oi]))[1]
         r = torch.log(q, out=q).mul_(hl).sub_(lmax[oi]).exp_()  # rho / the largest weight
         wt = torch.add(r, ea[oi], out=w[oi])
         s[oi].add_(wt)
         y[oi].addcmul_(wt, v)
     y.div_(s)
     return y, (m, lmax, s, *phases.values())
-
-
-class _Deviation:
-    """:meth:`_Geometry.deviation` in place, into two reused output-sized buffers."""
-
-    def __init__(self, geo: _Geometry, m: torch.Tensor) -> None:
-        self.geo, self.m = geo, m
-        self.d, self.q = host_empty(m.shape, m.dtype), host_empty(m.shape, m.dtype)
-
-    def __call__(self, oi: tuple[slice, ...], v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        d = torch.sub(v, self.m[oi], out=self.d[oi])
-        if self.geo.asym:
-            d.clamp_(min=0)
-        return d, torch.mul(d, d, out=self.q[oi]).clamp_(max=self.geo.big).add_(self.geo.eps2)
 
 
 class _DPPTaps(torch.autograd.Function):
@@ -815,11 +805,8 @@ class _DPPTaps(torch.autograd.Function):
         x, alpha, lam, y, m, lmax, s, *rest = ctx.saved_tensors
         geo = ctx.geo
         if torch.is_grad_enabled():
-            with torch.enable_grad():
-                yg = _DPP.apply(pad_to_windows(x, geo.spec, 0.0), alpha, lam, geo)
-            wanted = [t for t, want in zip((x, alpha, lam), ctx.needs_input_grad[:3]) if want]
-            grads = iter(torch.autograd.grad(yg, wanted, g, create_graph=True, allow_unused=True))
-            return (*(next(grads) if want else None for want in ctx.needs_input_grad[:3]), None)
+            yg = _DPP.apply(pad_to_windows(x, geo.spec, 0.0), alpha, lam, geo)
+            return (*generic_grads(yg, (x, alpha, lam), ctx.needs_input_grad[:3], g), None)
         poly = Polyphase(geo.spec)
         phases = dict(zip(ctx.keys, rest))
         out = y.shape
@@ -828,12 +815,11 @@ class _DPPTaps(torch.autograd.Function):
         ea = torch.exp(torch.log(alpha) - lmax)
         gm, gl = host_zeros(out, y.dtype), host_zeros(out, y.dtype)
         gph = poly.zeros(x)
-        dev = _Deviation(geo, m)
-        h_buf, r_buf, beta, term = (host_empty(out, y.dtype) for _ in range(4))
+        d_buf, q_buf, h_buf, r_buf, beta, term = (host_empty(out, y.dtype) for _ in range(6))
         taps = [tap for tap in poly.taps if tap is not None]
         for oi, ph, pi in taps:
             v = phases[ph][pi]
-            d, q = dev(oi, v)
+            d, q = geo.deviation(v, m[oi], (d_buf[oi], q_buf[oi]))
             h = torch.log(q, out=h_buf[oi])  # 2 log sqrt(d^2 + eps^2)
             r = torch.mul(h, hl, out=r_buf[oi]).sub_(lmax[oi]).exp_()  # rho / the largest weight
             b = torch.sub(v, y[oi], out=beta[oi]).mul_(gs[oi]).mul_(r)  # beta_q rho_q (scaled)

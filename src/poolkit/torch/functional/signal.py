@@ -27,6 +27,7 @@ from .._core import (
     all_finite,
     cpu_fast_path,
     divisor,
+    generic_grads,
     host_empty,
     host_zeros,
     in_graph,
@@ -87,11 +88,7 @@ def _weighted_pass(a: torch.Tensor, axis: int, ax: AxisWindow, w: tuple[float, .
     """``y[o] = sum_k w[k] a[o * stride + k]`` along ``axis`` of an already padded ``a``."""
     y = None
     for k, wk in enumerate(w):
-        v = a.narrow(axis, k, (ax.out - 1) * ax.stride + 1)
-        if ax.stride > 1:
-            idx: list[Any] = [slice(None)] * a.dim()
-            idx[axis] = slice(None, None, ax.stride)
-            v = v[tuple(idx)]
+        v = _strided(a, axis, k, ax.out, ax.stride)
         y = v * wk if y is None else y + v * wk
     assert y is not None
     return y
@@ -104,7 +101,7 @@ def _blur(
     x: torch.Tensor, mode: str, spec: WindowSpec, weights: tuple[tuple[float, ...], ...]
 ) -> torch.Tensor:
     """The blur: :class:`_SeparableBlur` on eager CPU calls, else :func:`_blur_conv`."""
-    if cpu_fast_path(x) and x.dtype in (torch.float32, torch.float64) and x.numel():
+    if cpu_fast_path(x) and x.dtype in (torch.float32, torch.float64):
         return _SeparableBlur.apply(x, mode, spec, weights)
     return _blur_conv(x, mode, spec, weights)
 
@@ -348,8 +345,7 @@ class _StrideOneMax(torch.autograd.Function):
             with torch.enable_grad():
                 xg = x.detach().requires_grad_() if not torch.is_grad_enabled() else x
                 y = _max_pool(xg, kernel, 1, 0, 1, False, ndim=len(kernel))
-            (gx,) = torch.autograd.grad(y, xg, g, create_graph=torch.is_grad_enabled())
-            return gx, None
+            return generic_grads(y, (xg,), (True,), g)[0], None
         # two scratch buffers shared by the axes (fresh memory costs more than the arithmetic here)
         size = max(t.numel() for t in stages[1:])
         scratch = host_empty((2, size), g.dtype)

@@ -28,6 +28,7 @@ from .._core import (
     all_finite,
     as_generator,
     cpu_fast_path,
+    generic_grads,
     host_empty,
     host_zeros,
     nd_of,
@@ -514,9 +515,7 @@ class _MixedFunction(torch.autograd.Function):
                 MAX_POOL[nd](x, k, s, pads, 1, spec.ceil_mode),
                 AVG_POOL[nd](x, k, s, pads, spec.ceil_mode, True),
             )
-            wanted = [t for t, w in zip((x, a), ctx.needs_input_grad[:2]) if w]
-            grads = iter(torch.autograd.grad(y, wanted, g, create_graph=True, allow_unused=True))
-            return (*(next(grads) if w else None for w in ctx.needs_input_grad[:2]), None, None)
+            return (*generic_grads(y, (x, a), ctx.needs_input_grad[:2], g), None, None)
         gx = ga = None
         if ctx.needs_input_grad[0]:
             gmax = g * a
