@@ -181,6 +181,41 @@ def test_dpp_matches_numpy(case: Case, layout, asymmetric, device, path, rng):
         _check_parity(f"dpp_pool{case.nd}d", {"x": x, "alpha": alpha, "lam": lam}, kw, rng, device)
 
 
+@pytest.mark.parametrize("chunk", [1, 2 * 4 * 4 * 3], ids=["one-sample", "two-samples"])
+@pytest.mark.parametrize("asymmetric", [False, True], ids=["sym", "asym"])
+def test_dpp_cpu_batch_chunks_match_numpy(chunk, asymmetric, rng, monkeypatch):
+    """The CPU loops run a batch chunk at a time: chunks of one sample, and of two with a shorter
+    last one (5 samples; its buffers are made anew), against NumPy."""
+    import poolkit.torch.functional.learned as L
+
+    monkeypatch.setattr(L, "__CHUNK".strip("_").join(["_", ""]), chunk)
+    x = rng.standard_normal((5, 4, 7, 6))
+    alpha, lam = rng.uniform(0.2, 1.0, 4), rng.uniform(0.5, 3.0, 4)
+    kw = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, asymmetric=asymmetric)
+    assert len(L._batch_chunks((5, 4, 4, 3))) == (5 if chunk == 1 else 3)
+    _check_parity("dpp_pool2d", {"x": x, "alpha": alpha, "lam": lam}, kw, rng, "cpu")
+
+
+@pytest.mark.parametrize("path", ["cpu-fast", "generic"])
+@pytest.mark.parametrize("asymmetric", [False, True], ids=["sym", "asym"])
+def test_dpp_huge_inputs_match_numpy(path, asymmetric, rng):
+    """Inputs whose squared deviations overflow: both paths cap ``d^2`` as NumPy does, and the CPU
+    loop's gradient divides before it multiplies (``b d`` alone would overflow)."""
+    x = rng.standard_normal((3, 2, 7, 6)) * 1e154
+    alpha, lam = np.array([0.3, 0.7]), np.array([1.5, 2.5])
+    kw = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, asymmetric=asymmetric)
+    with generic_paths(path == "generic"):
+        y, pullback = P.vjp("dpp_pool2d", x, alpha, lam, **kw)
+        ref = pullback(np.ones_like(y))
+        args = [torch.tensor(a, requires_grad=True) for a in (x, alpha, lam)]
+        yt = TF.dpp_pool2d(*args, **kw)
+        yt.sum().backward()
+    np.testing.assert_allclose(yt.detach().numpy(), y, rtol=1e-10)  # weighted means of +-1e154 values
+    for name, t in zip(("x", "alpha", "lam"), args):
+        assert torch.isfinite(t.grad).all(), name
+        np.testing.assert_allclose(t.grad.numpy(), ref[name], rtol=1e-9, atol=1e-300, err_msg=name)
+
+
 def test_dpp_limits_and_extreme_parameters(rng):
     x = torch.tensor(rng.standard_normal((2, 3, 7, 6)))
     win = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -352,13 +353,18 @@ def generic_paths(enabled: bool = True) -> contextlib.AbstractContextManager[Non
     return _FORCE_GENERIC(enabled)
 
 
-def all_finite(t: torch.Tensor) -> bool:
-    """Whether every value of ``t`` is finite: one reduction (NaN propagates), read on the host,
-    so for :func:`cpu_fast_path` calls only."""
+def finite_bound(t: torch.Tensor) -> float | None:
+    """The largest magnitude in ``t``, or None where a value is not finite: one reduction (NaN
+    propagates), read on the host, so for :func:`cpu_fast_path` calls only."""
     if t.numel() == 0:
-        return True
-    low, high = torch.aminmax(t)
-    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
+        return 0.0
+    low, high = (float(v) for v in torch.aminmax(t.detach()))
+    return max(-low, high) if math.isfinite(low) and math.isfinite(high) else None
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is finite (:func:`finite_bound`)."""
+    return finite_bound(t) is not None
 
 
 def cpu_fast_path(x: torch.Tensor) -> bool:
