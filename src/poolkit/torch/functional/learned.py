@@ -32,6 +32,7 @@ from .._core import (
     finite_bound,
     generic_grads,
     host_empty,
+    host_ufunc,
     host_zeros,
     needs_grad,
     pad_to_windows,
@@ -799,7 +800,7 @@ def _dpp_chunk_forward(
     qmax = geo.deviation(hi, m, (hi, hi))[1]
     if not geo.asym:
         torch.maximum(qmax, geo.deviation(lo, m, (lo, lo))[1], out=qmax)
-    torch.maximum(torch.log(qmax, out=qmax).mul_(hl), la, out=lmax)
+    torch.maximum(host_ufunc("log", qmax, qmax).mul_(hl), la, out=lmax)
     nlmax = torch.neg(lmax, out=hi)
     s.zero_()
     y.zero_()
@@ -807,10 +808,10 @@ def _dpp_chunk_forward(
         geo.deviation(v, m[oi], (q[oi], q[oi]))
         # log and exp over the whole plane (one contiguous loop; a border tap's slice would run
         # them elementwise at every row's end): the values outside the tap's outputs are unused
-        r = torch.addcmul(nlmax, torch.log(q, out=q), hl, out=q).exp_()[oi]  # rho / the largest weight
+        r = host_ufunc("exp", torch.addcmul(nlmax, host_ufunc("log", q, q), hl, out=q), q)[oi]  # rho / max
         s[oi].add_(r)
         y[oi].addcmul_(r, v)
-    ea = torch.sub(la, lmax, out=lo).exp_().div_(geo.inv)  # count alpha / the largest weight
+    ea = host_ufunc("exp", torch.sub(la, lmax, out=lo), lo).div_(geo.inv)  # count alpha / the largest weight
     s.add_(ea)
     y.addcmul_(ea, m).div_(s)
 
@@ -827,12 +828,14 @@ def _dpp_taps_forward(
     it equals the maximum over taps exactly); ``alpha``'s share of ``S`` and ``D``'s numerator is
     ``count alpha`` and ``count alpha Itilde``, added once, so each tap adds only ``rho``.
 
-    Returns ``y`` and ``(m, lmax, s, *phases)`` for :class:`_DPPTaps`.
+    Each chunk is split into phases in reused buffers (the backward splits it again), so the
+    phases never leave the cache and are not kept.
+
+    Returns ``y`` and ``(m, lmax, s)`` for :class:`_DPPTaps`.
     """
     spec = geo.spec
     out = (*x.shape[:2], *spec.output_size)
     poly = Polyphase(spec)
-    phases = poly.split(x)
     hl, la = lam / 2, torch.log(alpha)
     m, lmax, s, y = (host_empty(out, x.dtype) for _ in range(4))
     work: list[torch.Tensor] = []
@@ -840,9 +843,11 @@ def _dpp_taps_forward(
         if not work or work[0].shape[0] != b.stop - b.start:
             work = [host_empty((b.stop - b.start, *out[1:]), x.dtype) for _ in range(3)]
             work[2].fill_(1.0)
-        taps = [(oi, phases[ph][b][pi]) for oi, ph, pi in filter(None, poly.taps)]
+            phases = poly.buffers(x[b])
+        phases = poly.split(x[b], phases)
+        taps = [(oi, phases[ph][pi]) for oi, ph, pi in filter(None, poly.taps)]
         _dpp_chunk_forward(taps, m[b], lmax[b], s[b], y[b], work, la, hl, geo)
-    return y, (m, lmax, s, *phases.values())
+    return y, (m, lmax, s)
 
 
 def _dpp_chunk_backward(
@@ -859,9 +864,9 @@ def _dpp_chunk_backward(
     g, y, m, lmax, s = saved
     gs, gp, nlmax, gu, gl, d_buf, h_buf, r_buf, u_buf, q_buf = work
     hl = lam / 2
-    # with G = g / S: beta_q rho_q = G (I[q] - D) rho_q; rho'(d_q) = rho_q lam d_q / q_q. Every
-    # tap's gradient is G rho_q + G lam u_q with u_q = (I[q] - D) rho_q d_q / q_q, and every tap
-    # of the window also gets G alpha - G lam sum(u) / count (alpha's weight and Itilde's share)
+    # with G = g / S: beta_q rho_q = G (I[q] - D) rho_q; rho'(d_q) = rho_q lam d_q / q_q. With
+    # w_q = (I[q] - D) d_q / q_q, every tap's gradient is rho_q (G + G lam w_q), and every tap of the
+    # window also gets G alpha - G lam sum(rho w) / count (alpha's weight and Itilde's share)
     torch.div(g, s, out=gs)
     torch.mul(gs, lam, out=gp)
     torch.neg(lmax, out=nlmax)
@@ -871,23 +876,24 @@ def _dpp_chunk_backward(
     for oi, v, gv in taps:
         d, q = geo.deviation(v, m[oi], (d_buf[oi], q_buf[oi]))
         # log and exp over the whole plane, as in the forward
-        h = torch.log(q_buf, out=h_buf)  # 2 log sqrt(d^2 + eps^2)
-        r = torch.addcmul(nlmax, h, hl, out=r_buf).exp_()[oi]  # rho / the largest weight
-        gv.addcmul_(r, gs[oi])
-        b = torch.sub(v, y[oi], out=u_buf[oi]).mul_(r)  # beta_q rho_q / G
+        h = host_ufunc("log", q_buf, h_buf)  # 2 log sqrt(d^2 + eps^2)
+        r = host_ufunc("exp", torch.addcmul(nlmax, h, hl, out=r_buf), r_buf)[oi]  # rho / the largest weight
+        e = torch.sub(v, y[oi], out=u_buf[oi])  # I[q] - D
         if need[1]:
-            gl[oi].addcmul_(h[oi], b)
-        u = b.mul_(d.div_(q))  # d / q first: b d can overflow where d^2 is capped
-        gu[oi].add_(u)
-        gv.addcmul_(gp[oi], u)
-    ea = torch.sub(torch.log(alpha), lmax, out=d_buf).exp_()  # alpha / the largest weight
+            gl[oi].addcmul_(h[oi].mul_(r), e)  # beta_q rho_q log(rho_q) / (lam G / 2)
+        w = e.mul_(d.div_(q))  # d / q first: (I[q] - D) d can overflow where d^2 is capped
+        gu[oi].addcmul_(r, w)
+        gv.addcmul_(r, torch.addcmul(gs[oi], gp[oi], w, out=d))
+    ea = host_ufunc("exp", torch.sub(torch.log(alpha), lmax, out=d_buf), d_buf)  # alpha / the largest weight
     gm = gu.mul_(gp).mul_(-geo.inv).addcmul_(gs, ea)
     for oi, _, gv in taps:
         gv.add_(gm[oi])
     ga = gl_out = None
     if need[0]:
         # dD/dalpha = sum_q (I[q] - D) / S = count (Itilde - D) / S, S unscaled
-        ga = _reduce_param(torch.sub(m, y, out=u_buf).mul_(gs).div_(geo.inv).mul_(nlmax.exp_()), alpha)
+        ga = _reduce_param(
+            torch.sub(m, y, out=u_buf).mul_(gs).div_(geo.inv).mul_(host_ufunc("exp", nlmax, nlmax)), alpha
+        )
     if need[1]:
         gl_out = _reduce_param(gl.mul_(gs), lam) / 2
     return ga, gl_out
@@ -904,20 +910,19 @@ class _DPPTaps(torch.autograd.Function):
         ctx: Any, x: torch.Tensor, alpha: torch.Tensor, lam: torch.Tensor, geo: _Geometry
     ) -> torch.Tensor:
         y, saved = _dpp_taps_forward(x, alpha, lam, geo)
-        ctx.geo, ctx.keys = geo, list(Polyphase(geo.spec).phases)
+        ctx.geo = geo
         ctx.save_for_backward(x, alpha, lam, y, *saved)
         return y
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
-        x, alpha, lam, y, m, lmax, s, *rest = ctx.saved_tensors
+        x, alpha, lam, y, m, lmax, s = ctx.saved_tensors
         geo = ctx.geo
         if torch.is_grad_enabled():
             yg = _DPP.apply(pad_to_windows(x, geo.spec, 0.0), alpha, lam, geo)
             return (*generic_grads(yg, (x, alpha, lam), ctx.needs_input_grad[:3], g), None)
         poly = Polyphase(geo.spec)
-        phases = dict(zip(ctx.keys, rest))
-        gph = poly.zeros(x)
+        gx = poly.gradient(x)
         need = (ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         ga = gl = None
         work: list[torch.Tensor] = []
@@ -925,12 +930,19 @@ class _DPPTaps(torch.autograd.Function):
             if not work or work[0].shape[0] != b.stop - b.start:
                 work = [host_empty((b.stop - b.start, *y.shape[1:]), y.dtype) for _ in range(10)]
                 work[-1].fill_(1.0)
-            taps = [(oi, phases[ph][b][pi], gph[ph][b][pi]) for oi, ph, pi in filter(None, poly.taps)]
+                phases = poly.buffers(x[b])
+                gph = poly.zeros(x[b])  # the chunk's gradient by phase, interleaved into gx[b] while cached
+            else:
+                for v in gph.values():
+                    v.zero_()
+            phases = poly.split(x[b], phases)
+            taps = [(oi, phases[ph][pi], gph[ph][pi]) for oi, ph, pi in filter(None, poly.taps)]
             saved = tuple(t[b] for t in (g, y, m, lmax, s))
             pa, pl = _dpp_chunk_backward(taps, saved, work, alpha, lam, geo, need)
             ga = pa if ga is None else ga + pa
             gl = pl if gl is None else gl + pl
-        return poly.merge(gph, x), ga, gl, None
+            poly.merge_into(gph, gx[b])
+        return gx, ga, gl, None
 
 
 def _dpp_pool(
