@@ -186,13 +186,13 @@ def test_dpp_matches_numpy(case: Case, layout, asymmetric, device, path, rng):
 def test_dpp_cpu_batch_chunks_match_numpy(chunk, asymmetric, rng, monkeypatch):
     """The CPU loops run a batch chunk at a time: chunks of one sample, and of two with a shorter
     last one (5 samples; its buffers are made anew), against NumPy."""
-    import poolkit.torch.functional.learned as L
+    import poolkit.torch._taps as T
 
-    monkeypatch.setattr(L, "__CHUNK".strip("_").join(["_", ""]), chunk)
+    monkeypatch.setattr(T, "CHUNK", chunk)
     x = rng.standard_normal((5, 4, 7, 6))
     alpha, lam = rng.uniform(0.2, 1.0, 4), rng.uniform(0.5, 3.0, 4)
     kw = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, asymmetric=asymmetric)
-    assert len(L._batch_chunks((5, 4, 4, 3))) == (5 if chunk == 1 else 3)
+    assert len(T.batch_chunks((5, 4, 4, 3))) == (5 if chunk == 1 else 3)
     _check_parity("dpp_pool2d", {"x": x, "alpha": alpha, "lam": lam}, kw, rng, "cpu")
 
 

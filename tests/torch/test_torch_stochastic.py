@@ -77,6 +77,24 @@ def test_stochastic_matches_numpy_with_the_same_samples(case: Case, layout, trai
     )
 
 
+@pytest.mark.parametrize("chunk", [1, 2 * 3 * 4 * 4], ids=["one-sample", "two-samples"])
+@pytest.mark.parametrize("nonfinite", [False, True], ids=["finite", "inf-in-last-chunk"])
+def test_stochastic_cpu_batch_chunks_match_numpy(chunk, nonfinite, rng, monkeypatch):
+    """The CPU sampler runs a batch chunk at a time: chunks of one sample and of two with a shorter
+    last one (5 samples), against NumPy; a +inf in the last chunk sends the whole call to the
+    generic path, which follows the reference's rules for it."""
+    import poolkit.torch._taps as T
+
+    monkeypatch.setattr(T, "CHUNK", chunk)
+    x = rng.standard_normal((5, 3, 7, 6))
+    if nonfinite:
+        x[4, 1, 2, 3] = np.inf
+    u = rng.random((5, 3, 4, 4))
+    kw = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, training=True)
+    assert len(T.batch_chunks(u.shape)) == (5 if chunk == 1 else 3)
+    _check_parity("stochastic_pool2d", x, dict(kw, samples=u), dict(kw, samples=torch.tensor(u)), rng, "cpu")
+
+
 def test_stochastic_degenerate_windows_follow_the_reference():
     x = np.array(
         [

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -424,6 +424,20 @@ def first_max(v: torch.Tensor, dim: int) -> torch.Tensor:
     last_nan = (v.shape[dim] - 1) - nan.flip(dim).to(torch.int32).argmax(dim, keepdim=True)
     first = torch.where(nan, torch.full_like(v, -math.inf), v).argmax(dim, keepdim=True)
     return torch.where(nan.any(dim, keepdim=True), last_nan, first)
+
+
+# Output elements per batch chunk of the CPU tap loops: a chunk's working buffers stay in the cache
+# between the many passes each tap makes over them (about 3x faster per pass than streaming the
+# whole batch through memory), while the per-op overhead of more chunks stays small.
+CHUNK = 1 << 18
+
+
+def batch_chunks(out: Sequence[int]) -> list[slice]:
+    """Batch slices of about ``CHUNK`` output elements (at least one sample each), for eager-CPU
+    tap loops that make many passes (DPP, stochastic pooling)."""
+    n, per = int(out[0]), max(1, math.prod(int(v) for v in out[1:]))
+    step = max(1, CHUNK // per)
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
 class Polyphase:

@@ -44,6 +44,7 @@ from .._core import (
 from .._taps import (
     Polyphase,
     TapAdjoint,
+    batch_chunks,
     dense_taps,
     tap_index,
     tap_ranges,
@@ -760,19 +761,6 @@ class _DPP(torch.autograd.Function):
         return gx, ga, gl, None
 
 
-# Output elements per batch chunk of the CPU tap loops: a chunk's working buffers stay in the cache
-# between the dozen passes each tap makes over them (about 3x faster per pass than streaming the
-# whole batch), while the per-op overhead of more chunks stays small.
-_CHUNK = 1 << 18
-
-
-def _batch_chunks(out: tuple[int, ...]) -> list[slice]:
-    """Batch slices of about ``_CHUNK`` output elements (at least one sample each)."""
-    n, per = out[0], max(1, math.prod(out[1:]))
-    step = max(1, _CHUNK // per)
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
-
-
 def _dpp_chunk_forward(
     taps: list[tuple[tuple[slice, ...], torch.Tensor]],
     m: torch.Tensor,
@@ -821,7 +809,7 @@ def _dpp_taps_forward(
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """:func:`_dpp_core` on eager CPU calls, in place on :class:`~poolkit.torch._taps.Polyphase`
     taps (no padded copy; padding taps are skipped, where the generic loop weighs them 0), a batch
-    chunk at a time (:func:`_batch_chunks`).
+    chunk at a time (:func:`~poolkit.torch._taps.batch_chunks`).
 
     The same formulas, regrouped to touch each tap less: the largest weight comes from the
     window's largest and smallest values (``rho`` grows with ``|d|`` and rounding is monotone, so
@@ -839,7 +827,7 @@ def _dpp_taps_forward(
     hl, la = lam / 2, torch.log(alpha)
     m, lmax, s, y = (host_empty(out, x.dtype) for _ in range(4))
     work: list[torch.Tensor] = []
-    for b in _batch_chunks(out):
+    for b in batch_chunks(out):
         if not work or work[0].shape[0] != b.stop - b.start:
             work = [host_empty((b.stop - b.start, *out[1:]), x.dtype) for _ in range(3)]
             work[2].fill_(1.0)
@@ -926,7 +914,7 @@ class _DPPTaps(torch.autograd.Function):
         need = (ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         ga = gl = None
         work: list[torch.Tensor] = []
-        for b in _batch_chunks(tuple(y.shape)):
+        for b in batch_chunks(tuple(y.shape)):
             if not work or work[0].shape[0] != b.stop - b.start:
                 work = [host_empty((b.stop - b.start, *y.shape[1:]), y.dtype) for _ in range(10)]
                 work[-1].fill_(1.0)

@@ -30,7 +30,6 @@ from .._core import (
     cpu_fast_path,
     generic_grads,
     host_empty,
-    host_zeros,
     nd_of,
     needs_grad,
     pad_to_windows,
@@ -45,6 +44,7 @@ from .._taps import (
     MAX_POOL,
     Polyphase,
     TapAdjoint,
+    batch_chunks,
     dense_taps,
     flat_taps,
     native_avg_adjoint,
@@ -213,7 +213,8 @@ def _sample_taps(
     x: torch.Tensor, u: torch.Tensor, spec: WindowSpec
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Training-mode sampling on eager CPU calls over :class:`~poolkit.torch._taps.Polyphase` taps
-    of ``max(x, 0)``: no padded copy, unit-stride reads, no gather. None where a window maximum is
+    of ``max(x, 0)``: no padded copy, unit-stride reads, no gather, a batch chunk at a time
+    (:func:`~poolkit.torch._taps.batch_chunks`) in reused buffers. None where a window maximum is
     not finite (the generic path's NaN and +inf rules apply).
 
     The generic path's arithmetic in the same order (the weights, their running sum and the
@@ -222,30 +223,53 @@ def _sample_taps(
     and the output follows the running sum, taking each tap's value while the sum before it is
     still at or below the threshold, so it ends at the crossing tap's.
     """
-    out = u.shape
+    out = tuple(u.shape)
     poly = Polyphase(spec)
-    phases = poly.split(x)
-    a = {ph: (v.clamp_(min=0) if v is not x else v.clamp(min=0)) for ph, v in phases.items()}
-    m = host_zeros(out, x.dtype)  # every window holds a tap of x: max(a) >= 0
-    for tap in poly.taps:
-        if tap is not None:
-            oi, ph, pi = tap
-            torch.maximum(m[oi], a[ph][pi], out=m[oi])
+    kernel = len(poly.taps)
+    y = host_empty(out, x.dtype)
+    win = host_empty(out, torch.uint8 if kernel < 255 else torch.int32)
+    work: list[torch.Tensor] = []
+    for b in batch_chunks(out):
+        if not work or work[0].shape[0] != b.stop - b.start:
+            work = [host_empty((b.stop - b.start, *out[1:]), x.dtype) for _ in range(7)]
+            phases = poly.buffers(x[b])
+        phases = poly.split(x[b], phases)
+        a = {ph: (v.clamp_(min=0) if v is not x else v.clamp(min=0)) for ph, v in phases.items()}
+        if not _sample_chunk(poly, a, u[b], y[b], win[b], work):
+            return None
+    return y, win
+
+
+def _sample_chunk(
+    poly: Polyphase,
+    a: dict[tuple[int, ...], torch.Tensor],
+    u: torch.Tensor,
+    y: torch.Tensor,
+    win: torch.Tensor,
+    work: list[torch.Tensor],
+) -> bool:
+    """One batch chunk of :func:`_sample_taps` into its ``y`` and ``win``; False where a window
+    maximum is not finite. ``a``: the chunk's phases of ``max(x, 0)``; ``work``: seven buffers."""
+    m, total, w, thr, c, under, count = work
+    taps = [tap for tap in poly.taps if tap is not None]
+    m.zero_()  # every window holds a tap of x: max(a) >= 0
+    for oi, ph, pi in taps:
+        torch.maximum(m[oi], a[ph][pi], out=m[oi])
     if not all_finite(m):
-        return None
-    scale = torch.eq(m, 0, out=host_empty(out, x.dtype)).add_(m)  # m where > 0, else 1 (m >= 0)
-    total, w = host_zeros(out, x.dtype), host_empty(out, x.dtype)
-    for tap in poly.taps:
-        if tap is not None:
-            oi, ph, pi = tap
-            total[oi].add_(torch.div(a[ph][pi], scale[oi], out=w[oi]))
-    below = torch.mul(total, 1 - torch.finfo(x.dtype).eps / 2, out=w)  # see _stochastic_forward
-    thr = torch.mul(u, total, out=host_empty(out, x.dtype)) if u.dtype == x.dtype else (u * total).to(x.dtype)
-    torch.minimum(thr, below, out=thr)
+        return False
+    scale = m.add_(torch.eq(m, 0, out=w))  # m where > 0, else 1 (m >= 0)
+    total.zero_()
+    for oi, ph, pi in taps:
+        total[oi].add_(torch.div(a[ph][pi], scale[oi], out=w[oi]))
+    torch.mul(total, 1 - torch.finfo(m.dtype).eps / 2, out=c)  # see _stochastic_forward
+    thr = torch.mul(u, total, out=thr) if u.dtype == m.dtype else thr.copy_(u * total)
+    torch.minimum(thr, c, out=thr)
     # 0/1 masks as floats: lerp_ by one selects exactly, and a random bool mask would cost
     # torch.where a branch misprediction per element (several times slower)
-    y, c, count = host_zeros(out, x.dtype), host_zeros(out, x.dtype), host_zeros(out, x.dtype)
-    under = host_empty(out, x.dtype).fill_(1)  # running sum <= threshold, before the next tap
+    y.zero_()
+    c.zero_()
+    count.zero_()
+    under.fill_(1)  # running sum <= threshold, before the next tap
     for tap in poly.taps:
         if tap is not None:
             oi, ph, pi = tap
@@ -254,10 +278,9 @@ def _sample_taps(
             c[oi].add_(torch.div(v, scale[oi], out=w[oi]))
             torch.le(c, thr, out=under)
         count.add_(under)
-    kernel = len(poly.taps)
-    win = count.to(torch.uint8 if kernel < 255 else torch.int32)
-    win.masked_fill_(total <= 0, kernel)  # no positive value: no sample, no gradient
-    return y, win
+    win.copy_(count)
+    win.masked_fill_(total <= 0, len(poly.taps))  # no positive value: no sample, no gradient
+    return True
 
 
 def _stochastic_forward(
