@@ -43,6 +43,7 @@ from .._core import (
     cpu_fast_path,
     divisor,
     host_empty,
+    host_ufunc,
     nd_of,
     needs_grad,
     pad_to_windows,
@@ -307,7 +308,7 @@ def _plane_exp(logits: torch.Tensor, spec: WindowSpec, r: Any = None) -> tuple[t
         e = torch.sub(logits, peak, out=host_empty(logits.shape, logits.dtype))
         if r is not None:
             e.mul_(r)
-        e.exp_()
+        host_ufunc("exp", e, e)
         se = window_mean(e, spec)
         fi = torch.finfo(se.dtype)
         low, high = torch.aminmax(se)  # NaN propagates, and fails both tests
