@@ -109,6 +109,20 @@ def test_max_blur_ties_and_non_finite_inputs_match_numpy(shape, kernel, path, rn
         np.testing.assert_allclose(xt.grad.numpy(), pullback(g)["x"], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "shape,kernel", [((3, 2, 9), 3), ((3, 2, 7, 6), 2), ((3, 2, 7, 6), (3, 2)), ((3, 1, 5, 4, 6), 2)], ids=str
+)
+def test_max_blur_cpu_backward_in_batch_chunks_matches_numpy(shape, kernel, rng, monkeypatch):
+    """The CPU's stride-1 maximum runs its backward one sample at a time here (three chunks, the
+    stages computed again from each chunk of the input), ties included."""
+    import poolkit.torch._taps as T
+
+    monkeypatch.setattr(T, "CHUNK", 1)
+    assert len(T.batch_chunks(shape)) == 3
+    x = rng.integers(-2, 3, shape).astype(np.float64)
+    _check_against_numpy("max_blur_pool", x, dict(kernel_size=kernel, filt_size=3, stride=2), rng)
+
+
 @pytest.mark.parametrize("path", ["cpu-fast", "generic"])
 @pytest.mark.parametrize("mode", ["reflect", "replicate"])
 @pytest.mark.parametrize("size", [1, 2, 3])

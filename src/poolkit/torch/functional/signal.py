@@ -40,7 +40,7 @@ from .._core import (
     upcast,
     windowed,
 )
-from .._taps import inside_mask, tap_select_adjoint, tap_views
+from .._taps import batch_chunks, inside_mask, tap_select_adjoint, tap_views
 from .classic import _avg_pool, _max_pool
 
 __all__ = [
@@ -307,6 +307,25 @@ def max_blur_pool(
     )
 
 
+def _stride_one_stages(x: torch.Tensor, kernel: tuple[int, ...]) -> list[torch.Tensor]:
+    """``x`` and its stride-1 maximum over each axis in turn, innermost first (stage ``i + 1`` is
+    stage ``i`` maxed along its axis; an axis of kernel 1 repeats the stage)."""
+    stages = [x]
+    for j in reversed(range(len(kernel))):
+        a, axis, k = stages[-1], 2 + j, kernel[j]
+        if k == 1:
+            stages.append(a)
+            continue
+        n = a.shape[axis] - k + 1
+        shape = list(a.shape)
+        shape[axis] = n
+        m = torch.maximum(a.narrow(axis, 0, n), a.narrow(axis, 1, n), out=host_empty(shape, a.dtype))
+        for t in range(2, k):
+            torch.maximum(m, a.narrow(axis, t, n), out=m)
+        stages.append(m)
+    return stages
+
+
 class _StrideOneMax(torch.autograd.Function):
     """Max pooling with stride 1 (no padding or dilation) on eager CPU calls: ``torch.maximum`` over
     shifted views, one axis at a time from the innermost, which keeps PyTorch's winner (the first
@@ -314,60 +333,52 @@ class _StrideOneMax(torch.autograd.Function):
     kernel writes an input-sized output plus int64 indices and runs several times slower here.
 
     The backward finds the winners again by equality, axis by axis from the outermost, giving
-    each window's gradient to its first equal tap. Non-finite inputs (NaN wins in PyTorch's
-    kernel) and double backward take autograd through PyTorch's max pooling.
+    each window's gradient to its first equal tap, a batch chunk at a time
+    (:func:`~poolkit.torch._taps.batch_chunks`): each chunk's stages are computed again from the
+    input (nothing but the input is saved) and its gradient passes through chunk-sized buffers
+    into the input's. Non-finite inputs (NaN wins in PyTorch's kernel) and double backward take
+    autograd through PyTorch's max pooling.
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, kernel: tuple[int, ...]) -> torch.Tensor:
-        stages = [x]
-        for j in reversed(range(len(kernel))):
-            a, axis, k = stages[-1], 2 + j, kernel[j]
-            if k == 1:
-                stages.append(a)
-                continue
-            n = a.shape[axis] - k + 1
-            shape = list(a.shape)
-            shape[axis] = n
-            m = torch.maximum(a.narrow(axis, 0, n), a.narrow(axis, 1, n), out=host_empty(shape, a.dtype))
-            for t in range(2, k):
-                torch.maximum(m, a.narrow(axis, t, n), out=m)
-            stages.append(m)
-        ctx.kernel, ctx.finite = kernel, all_finite(stages[-1])
-        ctx.save_for_backward(*stages)
-        return stages[-1]
+        y = _stride_one_stages(x, kernel)[-1]
+        ctx.kernel, ctx.finite = kernel, all_finite(y)
+        ctx.save_for_backward(x)
+        return y
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> Any:
-        stages, kernel = ctx.saved_tensors, ctx.kernel
+        (x,) = ctx.saved_tensors
+        kernel = ctx.kernel
         if torch.is_grad_enabled() or not ctx.finite:
-            x = stages[0]
             with torch.enable_grad():
                 xg = x.detach().requires_grad_() if not torch.is_grad_enabled() else x
                 y = _max_pool(xg, kernel, 1, 0, 1, False, ndim=len(kernel))
             return generic_grads(y, (xg,), (True,), g)[0], None
-        # two scratch buffers shared by the axes (fresh memory costs more than the arithmetic here)
-        size = max(t.numel() for t in stages[1:])
-        scratch = host_empty((2, size), g.dtype)
-        for j in range(len(kernel)):  # outermost first: the reverse of the forward
-            a, m, axis, k = stages[-2 - j], stages[-1 - j], 2 + j, kernel[j]
-            if k == 1:
-                continue
-            n = m.shape[axis]
-            hit, rest = (b[: m.numel()].view(m.shape) for b in scratch)
-            ga = host_empty(a.shape, a.dtype)
-            ga.narrow(axis, n, k - 1).zero_()
-            for t in range(k - 1):
+        axes = [j for j in range(len(kernel)) if kernel[j] > 1]  # outermost first: the forward reversed
+        if not axes:
+            return g, None
+        gx = host_empty(x.shape, g.dtype)
+        for b in batch_chunks(tuple(x.shape)):
+            stages, gb = _stride_one_stages(x[b], kernel), g[b]
+            for j in axes:
+                a, m, axis, k = stages[-2 - j], stages[-1 - j], 2 + j, kernel[j]
+                n = m.shape[axis]
                 # 0/1 hits as floats: a product (a bool mask would cost a branch misprediction each)
-                c = torch.mul(g, torch.eq(a.narrow(axis, t, n), m, out=hit), out=hit)
-                if t == 0:
-                    ga.narrow(axis, 0, n).copy_(c)
-                else:
-                    ga.narrow(axis, t, n).add_(c)
-                g = torch.sub(g, c, out=rest)  # the share no earlier tap has taken
-            ga.narrow(axis, k - 1, n).add_(g)  # what is left: the last tap is the maximum
-            g = ga
-        return g, None
+                hit, rest = host_empty(m.shape, g.dtype), host_empty(m.shape, g.dtype)
+                ga = gx[b] if j == axes[-1] else host_empty(a.shape, a.dtype)
+                ga.narrow(axis, n, k - 1).zero_()
+                for t in range(k - 1):
+                    c = torch.mul(gb, torch.eq(a.narrow(axis, t, n), m, out=hit), out=hit)
+                    if t == 0:
+                        ga.narrow(axis, 0, n).copy_(c)
+                    else:
+                        ga.narrow(axis, t, n).add_(c)
+                    gb = torch.sub(gb, c, out=rest)  # the share no earlier tap has taken
+                ga.narrow(axis, k - 1, n).add_(gb)  # what is left: the last tap is the maximum
+                gb = ga
+        return gx, None
 
 
 def _max_blur_pool(
