@@ -57,6 +57,20 @@ def test_gated_matches_numpy(case: Case, layout, per_channel, device, path, rng)
         _check_parity(f"gated_pool{case.nd}d", {"x": x, "weight": w}, kw, rng, device)
 
 
+@pytest.mark.parametrize("window", [(3, 2, 1), (2, 2, 0), (3, 1, 1)], ids=str)
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per-layer", "per-channel"])
+def test_gated_cpu_batch_chunks_match_numpy(window, per_channel, rng, monkeypatch):
+    """The CPU tap loops split and accumulate a batch chunk at a time (one sample each here, the
+    filters' gradient summed over the chunks), ties included."""
+    import poolkit.torch._taps as T
+
+    monkeypatch.setattr(T, "CHUNK", 1)
+    k, s, p = window
+    x = rng.integers(-2, 3, (3, 2, 7, 6)).astype(float)
+    w = rng.standard_normal(((2,) if per_channel else ()) + (k, k))
+    _check_parity("gated_pool2d", {"x": x, "weight": w}, dict(kernel_size=k, stride=s, padding=p), rng, "cpu")
+
+
 @pytest.mark.parametrize("path", ["cpu-fast", "generic"])
 @pytest.mark.parametrize("window", [(3, 2, 1), (2, 2, 0), (3, 1, 1), (2, 3, 0)], ids=str)
 def test_gated_ties_and_nonfinite_windows_match_numpy(window, path, rng):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -365,27 +366,43 @@ def _gated_taps(x: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> tuple[tor
     generic path runs max pooling (with int64 indices), average pooling and the dot products as
     three passes over the input.
 
-    Returns ``(y, max, avg, s, 1 - s, phases)``; windows holding a NaN or an infinity give NaN.
+    The input is split into phases a batch chunk at a time, in reused buffers (the backward splits
+    it again), so no phase-shaped copy of the whole input is made or kept.
+
+    Returns ``(y, max, avg, s, 1 - s)``; windows holding a NaN or an infinity give NaN.
     """
     out = (*x.shape[:2], *spec.output_size)
     wb = w.reshape(w.shape[1], *[1] * spec.ndim, w.shape[2])
     mx = host_empty(out, x.dtype).fill_(-math.inf)
     av, z = host_zeros(out, x.dtype), host_zeros(out, x.dtype)
     poly = Polyphase(spec)
-    phases = poly.split(x)
-    for t, tap in enumerate(poly.taps):
-        if tap is not None:
-            oi, ph, pi = tap
-            v, m = phases[ph][pi], mx[oi]
-            torch.maximum(m, v, out=m)
-            av[oi].add_(v)
-            z[oi].addcmul_(v, wb[..., t])
+    for b, phases in _chunk_phases(poly, x, out):
+        mxb, avb, zb = mx[b], av[b], z[b]
+        for t, tap in enumerate(poly.taps):
+            if tap is not None:
+                oi, ph, pi = tap
+                v, m = phases[ph][pi], mxb[oi]
+                torch.maximum(m, v, out=m)
+                avb[oi].add_(v)
+                zb[oi].addcmul_(v, wb[..., t])
     av.div_(_count(spec, True, av))
     s, sc = torch.sigmoid(z), torch.sigmoid(z.neg_(), out=z)
     y = torch.mul(s, mx, out=host_empty(out, x.dtype)).addcmul_(sc, av)
     if not all_finite(y):
         y.add_((mx - av).mul_(0))  # NaN in windows holding NaN or inf, whatever the gate
-    return y, mx, av, s, sc, phases
+    return y, mx, av, s, sc
+
+
+def _chunk_phases(
+    poly: Polyphase, x: torch.Tensor, out: tuple[int, ...]
+) -> Iterator[tuple[slice, dict[tuple[int, ...], torch.Tensor]]]:
+    """Each batch chunk (:func:`~poolkit.torch._taps.batch_chunks` of ``out``) and its phases,
+    split into buffers reused from chunk to chunk (valid until the next chunk)."""
+    bufs: dict[tuple[int, ...], torch.Tensor] = {}
+    for b in batch_chunks(out):
+        if not bufs or next(iter(bufs.values())).shape[0] != b.stop - b.start:
+            bufs = poly.buffers(x[b]) if any(ax.stride > 1 for ax in poly.spec.axes) else {}
+        yield b, poly.split(x[b], bufs or None)
 
 
 class _GatedTaps(torch.autograd.Function):
@@ -396,14 +413,14 @@ class _GatedTaps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
-        y, mx, av, s, sc, phases = _gated_taps(x, w, spec)
-        ctx.spec, ctx.finite, ctx.keys = spec, all_finite(y), list(phases)
-        ctx.save_for_backward(x, w, mx, av, s, sc, *phases.values())  # phases: no second split
+        y, mx, av, s, sc = _gated_taps(x, w, spec)
+        ctx.spec, ctx.finite = spec, all_finite(y)
+        ctx.save_for_backward(x, w, mx, av, s, sc)
         return y
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> Any:
-        x, w, mx, av, s, sc, *saved = ctx.saved_tensors
+        x, w, mx, av, s, sc = ctx.saved_tensors
         spec = ctx.spec
         if torch.is_grad_enabled() or not ctx.finite:  # autograd through the generic formulation
             with torch.enable_grad():
@@ -417,29 +434,35 @@ class _GatedTaps(torch.autograd.Function):
         ga = torch.mul(g, sc, out=host_empty(out, x.dtype)).div_(_count(spec, True, g))
         gz = torch.sub(mx, av, out=host_empty(out, x.dtype)).mul_(g).mul_(s).mul_(sc)
         poly = Polyphase(spec)
-        phases, gph = dict(zip(ctx.keys, saved)), poly.zeros(x)
-        term, prod = host_empty(out, x.dtype), host_empty(out, x.dtype)
+        gx = poly.gradient(x)
         # the 0/1 hits as floats: a product, where a bool mask would cost torch.where a branch
         # misprediction per element
-        hit = host_empty(out, x.dtype)
         plane = (0, *range(2, 2 + spec.ndim))
-        gw = []
-        for t, tap in enumerate(poly.taps):
-            if tap is None:
-                gw.append(torch.zeros(x.shape[1], dtype=x.dtype))
-                continue
-            oi, ph, pi = tap
-            v = phases[ph][pi]
-            tt = torch.mul(gm[oi], torch.eq(v, mx[oi], out=hit[oi]), out=term[oi])
-            gm[oi].sub_(tt)
-            tt.add_(ga[oi]).addcmul_(gz[oi], wb[..., t])
-            gph[ph][pi].add_(tt)
-            if ctx.needs_input_grad[1]:
-                gw.append(torch.mul(v, gz[oi], out=prod[oi]).sum(dim=plane))
-        gx = poly.merge(gph, x)
-        if not ctx.needs_input_grad[1]:
+        gw = torch.zeros(x.shape[1], len(poly.taps), dtype=x.dtype) if ctx.needs_input_grad[1] else None
+        gph: dict[tuple[int, ...], torch.Tensor] = {}
+        for b, phases in _chunk_phases(poly, x, tuple(out)):
+            if not gph or next(iter(gph.values())).shape[0] != b.stop - b.start:
+                gph = poly.zeros(x[b])  # the chunk's gradient by phase, interleaved into gx[b]
+                term, hit, prod = (host_empty((b.stop - b.start, *out[1:]), x.dtype) for _ in range(3))
+            else:
+                for v in gph.values():
+                    v.zero_()
+            gmb, gab, gzb, mxb = gm[b], ga[b], gz[b], mx[b]
+            for t, tap in enumerate(poly.taps):
+                if tap is None:
+                    continue
+                oi, ph, pi = tap
+                v = phases[ph][pi]
+                tt = torch.mul(gmb[oi], torch.eq(v, mxb[oi], out=hit[oi]), out=term[oi])
+                gmb[oi].sub_(tt)
+                tt.add_(gab[oi]).addcmul_(gzb[oi], wb[..., t])
+                gph[ph][pi].add_(tt)
+                if gw is not None:
+                    gw[:, t] += torch.mul(v, gzb[oi], out=prod[oi]).sum(dim=plane)
+            poly.merge_into(gph, gx[b])
+        if gw is None:
             return gx, None, None
-        gwt = torch.stack(gw, dim=-1)  # (C, K)
+        gwt = gw  # (C, K)
         if w.shape[1] == 1:
             gwt = gwt.sum(dim=0, keepdim=True)
         return (gx if ctx.needs_input_grad[0] else None), gwt.reshape(w.shape), None
