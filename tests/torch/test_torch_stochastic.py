@@ -95,6 +95,33 @@ def test_stochastic_cpu_batch_chunks_match_numpy(chunk, nonfinite, rng, monkeypa
     _check_parity("stochastic_pool2d", x, dict(kw, samples=u), dict(kw, samples=torch.tensor(u)), rng, "cpu")
 
 
+@pytest.mark.parametrize("window", [(2, 1, 0), (3, 1, 1), (2, 2, 0), (3, 2, 1)], ids=str)
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda x, k, s, p: TF.stochastic_pool2d(x, k, s, p, training=True),
+        lambda x, k, s, p: TF.dpp_pool2d(x, 0.5, 2.0, k, s, p),
+        lambda x, k, s, p: TF.gated_pool2d(x, torch.randn(k, k, dtype=x.dtype), k, s, p),
+        lambda x, k, s, p: TF.tree_pool2d(
+            x, torch.randn(2, k, k, dtype=x.dtype), torch.randn(1, k, k, dtype=x.dtype), k, s, p
+        ),
+        lambda x, k, s, p: TF.max_blur_pool2d(x, k, 3, 2),
+    ],
+    ids=["stochastic", "dpp", "gated", "tree", "max_blur"],
+)
+def test_cpu_tap_loops_leave_the_input_alone(op, window, rng):
+    """The chunked CPU loops work on copies (at unit strides too, where a phase is the input
+    itself): the input and a second call's result are unchanged."""
+    x = torch.tensor(rng.standard_normal((3, 2, 7, 6)), requires_grad=True)
+    before = x.detach().clone()
+    torch.manual_seed(0)
+    y = op(x, *window)
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.detach(), before, rtol=0, atol=0)
+    torch.manual_seed(0)
+    torch.testing.assert_close(op(x, *window), y, rtol=0, atol=0)
+
+
 def test_stochastic_degenerate_windows_follow_the_reference():
     x = np.array(
         [

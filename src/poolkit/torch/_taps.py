@@ -480,17 +480,27 @@ class Polyphase:
             *(slice(r, None, ax.stride) for r, ax in zip(phase, self.spec.axes)),
         )
 
-    def split(
-        self, x: torch.Tensor, out: dict[tuple[int, ...], torch.Tensor] | None = None
-    ) -> dict[tuple[int, ...], torch.Tensor]:
-        """The phases the taps read, each a dense copy (``x`` itself at unit strides), written into
-        ``out`` (:meth:`buffers` of ``x``) when given."""
+    def split(self, x: torch.Tensor) -> dict[tuple[int, ...], torch.Tensor]:
+        """The phases the taps read, each a dense copy (``x`` itself at unit strides)."""
         if all(ax.stride == 1 for ax in self.spec.axes):
             return {p: x for p in self.phases}
-        out = out if out is not None else self.buffers(x)
-        for p in self.phases:
-            out[p].copy_(x[self._index(p)])
-        return out
+        return {p: b.copy_(x[self._index(p)]) for p, b in self.buffers(x).items()}
+
+    def chunks(
+        self, x: torch.Tensor, out: Sequence[int], writable: bool = False
+    ) -> Iterator[tuple[slice, dict[tuple[int, ...], torch.Tensor]]]:
+        """Each batch chunk of ``x`` (:func:`batch_chunks` of the output shape ``out``) and its
+        phases, split into buffers reused from chunk to chunk (valid until the next one). At unit
+        strides the phase is the chunk of ``x`` itself, unless ``writable`` asks for a copy."""
+        copy = writable or any(ax.stride > 1 for ax in self.spec.axes)
+        bufs: dict[tuple[int, ...], torch.Tensor] = {}
+        for b in batch_chunks(out):
+            if copy and (not bufs or next(iter(bufs.values())).shape[0] != b.stop - b.start):
+                bufs = self.buffers(x[b])
+            if not copy:
+                yield b, self.split(x[b])
+            else:
+                yield b, {p: bufs[p].copy_(x[b][self._index(p)]) for p in self.phases}
 
     def buffers(self, like: torch.Tensor, zero: bool = False) -> dict[tuple[int, ...], torch.Tensor]:
         """Phase-shaped buffers for ``like`` (zeroed with ``zero``)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -45,7 +44,6 @@ from .._core import (
 from .._taps import (
     Polyphase,
     TapAdjoint,
-    batch_chunks,
     dense_taps,
     tap_index,
     tap_ranges,
@@ -376,7 +374,7 @@ def _gated_taps(x: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> tuple[tor
     mx = host_empty(out, x.dtype).fill_(-math.inf)
     av, z = host_zeros(out, x.dtype), host_zeros(out, x.dtype)
     poly = Polyphase(spec)
-    for b, phases in _chunk_phases(poly, x, out):
+    for b, phases in poly.chunks(x, out):
         mxb, avb, zb = mx[b], av[b], z[b]
         for t, tap in enumerate(poly.taps):
             if tap is not None:
@@ -391,18 +389,6 @@ def _gated_taps(x: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> tuple[tor
     if not all_finite(y):
         y.add_((mx - av).mul_(0))  # NaN in windows holding NaN or inf, whatever the gate
     return y, mx, av, s, sc
-
-
-def _chunk_phases(
-    poly: Polyphase, x: torch.Tensor, out: tuple[int, ...]
-) -> Iterator[tuple[slice, dict[tuple[int, ...], torch.Tensor]]]:
-    """Each batch chunk (:func:`~poolkit.torch._taps.batch_chunks` of ``out``) and its phases,
-    split into buffers reused from chunk to chunk (valid until the next chunk)."""
-    bufs: dict[tuple[int, ...], torch.Tensor] = {}
-    for b in batch_chunks(out):
-        if not bufs or next(iter(bufs.values())).shape[0] != b.stop - b.start:
-            bufs = poly.buffers(x[b]) if any(ax.stride > 1 for ax in poly.spec.axes) else {}
-        yield b, poly.split(x[b], bufs or None)
 
 
 class _GatedTaps(torch.autograd.Function):
@@ -440,7 +426,7 @@ class _GatedTaps(torch.autograd.Function):
         plane = (0, *range(2, 2 + spec.ndim))
         gw = torch.zeros(x.shape[1], len(poly.taps), dtype=x.dtype) if ctx.needs_input_grad[1] else None
         gph: dict[tuple[int, ...], torch.Tensor] = {}
-        for b, phases in _chunk_phases(poly, x, tuple(out)):
+        for b, phases in poly.chunks(x, out):
             if not gph or next(iter(gph.values())).shape[0] != b.stop - b.start:
                 gph = poly.zeros(x[b])  # the chunk's gradient by phase, interleaved into gx[b]
                 term, hit, prod = (host_empty((b.stop - b.start, *out[1:]), x.dtype) for _ in range(3))
@@ -850,12 +836,10 @@ def _dpp_taps_forward(
     hl, la = lam / 2, torch.log(alpha)
     m, lmax, s, y = (host_empty(out, x.dtype) for _ in range(4))
     work: list[torch.Tensor] = []
-    for b in batch_chunks(out):
+    for b, phases in poly.chunks(x, out):
         if not work or work[0].shape[0] != b.stop - b.start:
             work = [host_empty((b.stop - b.start, *out[1:]), x.dtype) for _ in range(3)]
             work[2].fill_(1.0)
-            phases = poly.buffers(x[b])
-        phases = poly.split(x[b], phases)
         taps = [(oi, phases[ph][pi]) for oi, ph, pi in filter(None, poly.taps)]
         _dpp_chunk_forward(taps, m[b], lmax[b], s[b], y[b], work, la, hl, geo)
     return y, (m, lmax, s)
@@ -937,16 +921,14 @@ class _DPPTaps(torch.autograd.Function):
         need = (ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         ga = gl = None
         work: list[torch.Tensor] = []
-        for b in batch_chunks(tuple(y.shape)):
+        for b, phases in poly.chunks(x, y.shape):
             if not work or work[0].shape[0] != b.stop - b.start:
                 work = [host_empty((b.stop - b.start, *y.shape[1:]), y.dtype) for _ in range(10)]
                 work[-1].fill_(1.0)
-                phases = poly.buffers(x[b])
                 gph = poly.zeros(x[b])  # the chunk's gradient by phase, interleaved into gx[b] while cached
             else:
                 for v in gph.values():
                     v.zero_()
-            phases = poly.split(x[b], phases)
             taps = [(oi, phases[ph][pi], gph[ph][pi]) for oi, ph, pi in filter(None, poly.taps)]
             saved = tuple(t[b] for t in (g, y, m, lmax, s))
             pa, pl = _dpp_chunk_backward(taps, saved, work, alpha, lam, geo, need)

@@ -44,7 +44,6 @@ from .._taps import (
     MAX_POOL,
     Polyphase,
     TapAdjoint,
-    batch_chunks,
     dense_taps,
     flat_taps,
     native_avg_adjoint,
@@ -229,12 +228,10 @@ def _sample_taps(
     y = host_empty(out, x.dtype)
     win = host_empty(out, torch.uint8 if kernel < 255 else torch.int32)
     work: list[torch.Tensor] = []
-    for b in batch_chunks(out):
+    for b, phases in poly.chunks(x, out, writable=True):
         if not work or work[0].shape[0] != b.stop - b.start:
             work = [host_empty((b.stop - b.start, *out[1:]), x.dtype) for _ in range(7)]
-            phases = poly.buffers(x[b])
-        phases = poly.split(x[b], phases)
-        a = {ph: (v.clamp_(min=0) if v is not x else v.clamp(min=0)) for ph, v in phases.items()}
+        a = {ph: v.clamp_(min=0) for ph, v in phases.items()}  # copies, even at unit strides
         if not _sample_chunk(poly, a, u[b], y[b], win[b], work):
             return None
     return y, win
