@@ -44,6 +44,7 @@ from .._core import (
 from .._taps import (
     Polyphase,
     TapAdjoint,
+    batch_chunks,
     dense_taps,
     tap_index,
     tap_ranges,
@@ -118,7 +119,7 @@ def _dots(x: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
             r = r + wb[..., t] * v
         return r
     if cpu_fast_path(x):
-        return _phase_dots(x, w, spec)[0]
+        return _phase_dots(x, w, spec)
     r = torch.zeros((j, *x.shape[:2], *spec.output_size), dtype=x.dtype, device=x.device)
     buf = torch.empty_like(r[0])  # each tap's in-range samples, copied dense (see dense_taps)
     for t, rng in enumerate(tap_ranges(spec)):
@@ -130,22 +131,22 @@ def _dots(x: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
     return r
 
 
-def _phase_dots(
-    x: torch.Tensor, w: torch.Tensor, spec: WindowSpec
-) -> tuple[torch.Tensor, dict[tuple[int, ...], torch.Tensor]]:
-    """:func:`_dots` on eager CPU calls over :class:`~poolkit.torch._taps.Polyphase` taps (one
-    input-sized split, unit-stride reads); returns the phases too, for the backward."""
+def _phase_dots(x: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+    """:func:`_dots` on eager CPU calls over :class:`~poolkit.torch._taps.Polyphase` taps (unit-stride
+    reads), a batch chunk at a time (:meth:`~poolkit.torch._taps.Polyphase.chunks`)."""
     j, cw, k = w.shape
     wb = w.reshape(j, 1, cw, *[1] * spec.ndim, k)
-    r = host_zeros((j, *x.shape[:2], *spec.output_size), x.dtype)
+    out = (*x.shape[:2], *spec.output_size)
+    r = host_zeros((j, *out), x.dtype)
     poly = Polyphase(spec)
-    phases = poly.split(x)
-    for t, tap in enumerate(poly.taps):
-        if tap is not None:
-            oi, ph, pi = tap
-            for i in range(j):  # one filter at a time, in place: no J-fold temporaries
-                r[i][oi].addcmul_(phases[ph][pi], wb[i, ..., t])
-    return r, phases
+    for b, phases in poly.chunks(x, out):
+        rb = r[:, b]
+        for t, tap in enumerate(poly.taps):
+            if tap is not None:
+                oi, ph, pi = tap
+                for i in range(j):  # one filter at a time, in place: no J-fold temporaries
+                    rb[i][oi].addcmul_(phases[ph][pi], wb[i, ..., t])
+    return r
 
 
 class _WindowDots(torch.autograd.Function):
@@ -156,18 +157,13 @@ class _WindowDots(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
-        ctx.spec, ctx.keys = spec, []
-        if cpu_fast_path(x):
-            r, phases = _phase_dots(x, w, spec)
-            ctx.keys = list(phases)
-            ctx.save_for_backward(x, w, *phases.values())
-            return r
+        ctx.spec, ctx.cpu = spec, cpu_fast_path(x)
         ctx.save_for_backward(x, w)
-        return _dots(x, w, spec)
+        return _phase_dots(x, w, spec) if ctx.cpu else _dots(x, w, spec)
 
     @staticmethod
     def backward(ctx: Any, gr: torch.Tensor) -> tuple[Any, ...]:
-        x, w, *saved = ctx.saved_tensors
+        x, w = ctx.saved_tensors
         spec = ctx.spec
         j, cw, k = w.shape
         wb = w.reshape(j, 1, cw, *[1] * spec.ndim, k)
@@ -180,8 +176,8 @@ class _WindowDots(torch.autograd.Function):
                 acc.add(idx, (gr * wb[..., t]).sum(0))
                 gw.append((gr * v).sum(dim=dims))
             gx = acc.result()
-        elif ctx.keys:
-            return _phase_dots_adjoint(gr, dict(zip(ctx.keys, saved)), x, w, spec, ctx.needs_input_grad[1])
+        elif ctx.cpu:
+            return _phase_dots_adjoint(gr, x, w, spec, ctx.needs_input_grad[1])
         else:
             gx = torch.zeros_like(x, memory_format=torch.contiguous_format)
             return gx, _dots_adjoint(gr, x, w, spec, gx), None
@@ -192,39 +188,44 @@ class _WindowDots(torch.autograd.Function):
 
 
 def _phase_dots_adjoint(
-    gr: torch.Tensor,
-    phases: dict[tuple[int, ...], torch.Tensor],
-    x: torch.Tensor,
-    w: torch.Tensor,
-    spec: WindowSpec,
-    want_w: bool,
+    gr: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: WindowSpec, want_w: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None, None]:
-    """:func:`_dots_adjoint` over the forward's phases: each tap's term added into phase-shaped
-    gradients (unit strides), interleaved once at the end."""
+    """:func:`_dots_adjoint` over :class:`~poolkit.torch._taps.Polyphase` taps, a batch chunk at a
+    time: each tap's term added into the chunk's phase-shaped gradients (unit strides), interleaved
+    into the input's while cached; the phases are split again only for the filters' gradient."""
     j, cw, k = w.shape
     wb = w.reshape(j, 1, cw, *[1] * spec.ndim, k)
     plane = (0, *range(2, 2 + spec.ndim))
+    out = tuple(gr.shape[1:])
     poly = Polyphase(spec)
-    gph = poly.zeros(x)
-    term, prod = host_empty(gr.shape[1:], gr.dtype), host_empty(gr.shape[1:], gr.dtype)
-    gw = []
-    for t, tap in enumerate(poly.taps):
-        if tap is None:
-            gw.append(torch.zeros((j, gr.shape[2]), dtype=gr.dtype))
-            continue
-        oi, ph, pi = tap
-        tt = torch.mul(gr[0][oi], wb[0, ..., t], out=term[oi])
-        for i in range(1, j):
-            tt.addcmul_(gr[i][oi], wb[i, ..., t])
-        gph[ph][pi].add_(tt)
-        if want_w:
-            v = phases[ph][pi]
-            gw.append(torch.stack([torch.mul(gr[i][oi], v, out=prod[oi]).sum(dim=plane) for i in range(j)]))
-    gx = poly.merge(gph, x)
-    if not want_w:
+    gx = poly.gradient(x)
+    gw = torch.zeros((j, gr.shape[2], k), dtype=gr.dtype) if want_w else None
+    chunks = poly.chunks(x, out) if want_w else ((b, None) for b in batch_chunks(out))
+    gph: dict[tuple[int, ...], torch.Tensor] = {}
+    for b, phases in chunks:
+        if not gph or next(iter(gph.values())).shape[0] != b.stop - b.start:
+            gph = poly.zeros(x[b])
+            term, prod = (host_empty((b.stop - b.start, *out[1:]), gr.dtype) for _ in range(2))
+        else:
+            for v in gph.values():
+                v.zero_()
+        grb = gr[:, b]
+        for t, tap in enumerate(poly.taps):
+            if tap is None:
+                continue
+            oi, ph, pi = tap
+            tt = torch.mul(grb[0][oi], wb[0, ..., t], out=term[oi])
+            for i in range(1, j):
+                tt.addcmul_(grb[i][oi], wb[i, ..., t])
+            gph[ph][pi].add_(tt)
+            if gw is not None and phases is not None:
+                v = phases[ph][pi]
+                for i in range(j):
+                    gw[i, :, t] += torch.mul(grb[i][oi], v, out=prod[oi]).sum(dim=plane)
+        poly.merge_into(gph, gx[b])
+    if gw is None:
         return gx, None, None
-    g = torch.stack(gw, dim=-1)  # (J, C, K)
-    return gx, (g.sum(dim=1, keepdim=True) if cw == 1 else g), None
+    return gx, (gw.sum(dim=1, keepdim=True) if cw == 1 else gw), None
 
 
 def _dots_adjoint(
