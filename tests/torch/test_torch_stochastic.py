@@ -318,8 +318,14 @@ def test_s3_matches_numpy_with_the_same_rows(case: Case, layout, training, devic
 
 @pytest.mark.parametrize("path", ["cpu-kept-windows", "generic"])
 @pytest.mark.parametrize("kernel", [2, 3, (3, 2)])
-def test_s3_ties_nan_and_edges_follow_numpy(kernel, path, rng):
-    """Integer values (ties everywhere), NaNs, and windows over the 'same' padding at both edges."""
+@pytest.mark.parametrize("chunk", [None, 1], ids=["whole-batch", "per-sample"])
+def test_s3_ties_nan_and_edges_follow_numpy(kernel, path, chunk, rng, monkeypatch):
+    """Integer values (ties everywhere), NaNs, and windows over the 'same' padding at both edges;
+    the CPU's kept-window loops also one sample at a time (batch chunks)."""
+    import poolkit.torch._taps as T
+
+    if chunk is not None:
+        monkeypatch.setattr(T, "CHUNK", chunk)
     x = rng.integers(-2, 3, size=(2, 3, 9, 8)).astype(np.float64)
     x[0, 0, 0, 0] = x[1, 2, 4, 5] = x[1, 2, 5, 5] = np.nan
     rows = [np.array([0, 5, 8]), np.array([0, 2, 5, 7])]  # one per cell, both edges

@@ -30,6 +30,7 @@ from .._core import (
     cpu_fast_path,
     generic_grads,
     host_empty,
+    host_zeros,
     nd_of,
     needs_grad,
     pad_to_windows,
@@ -44,6 +45,7 @@ from .._taps import (
     MAX_POOL,
     Polyphase,
     TapAdjoint,
+    batch_chunks,
     dense_taps,
     flat_taps,
     native_avg_adjoint,
@@ -678,16 +680,17 @@ class _KeptMax(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, spec: WindowSpec, *kept: torch.Tensor) -> torch.Tensor:
         out = (*x.shape[:2], *(len(r) for r in kept))
         kernel = math.prod(spec.kernel_size)
-        code = torch.zeros(out, dtype=torch.uint8 if kernel < 256 else torch.int32, device=x.device)
-        best = None
-        for t, v in enumerate(_kept_taps(x, spec, kept, out)):
-            if best is None:
-                best = v
-                continue
-            take = torch.gt(v, best).logical_or_(torch.isnan(v))
-            code.mul_(take.logical_not()).add_(take.to(code.dtype), alpha=t)
-            best = torch.maximum(best, v)  # NaN propagates: the running maximum of the kernels' rule
-        assert best is not None
+        code = host_zeros(out, torch.uint8 if kernel < 256 else torch.int32)
+        best = host_empty(out, x.dtype)
+        for b in batch_chunks(out):  # the gathers stay chunk-sized (cached, no fresh memory)
+            cb, bb = code[b], best[b]
+            for t, v in enumerate(_kept_taps(x[b], spec, kept, (b.stop - b.start, *out[1:]))):
+                if t == 0:
+                    bb.copy_(v)
+                    continue
+                take = torch.gt(v, bb).logical_or_(torch.isnan(v))
+                cb.mul_(take.logical_not()).add_(take.to(cb.dtype), alpha=t)
+                torch.maximum(bb, v, out=bb)  # NaN propagates: the running maximum of the kernels' rule
         ctx.spec = spec
         ctx.save_for_backward(code, *kept)
         ctx.mark_non_differentiable(code)
@@ -707,11 +710,23 @@ class _KeptMax(torch.autograd.Function):
             pos = _kept_positions(kept[j], ax) * math.prod(b.size for b in spec.axes[j + 1 :])
             table = (table.unsqueeze(1) + pos.reshape(-1, *shape[1:]).unsqueeze(0)).flatten(0, 1)
         windows = table[0].numel()
-        flat = code.reshape(n, c, windows).long().mul_(windows)
-        flat.add_(torch.arange(windows, device=g.device))
-        flat = torch.take(table, flat)
-        gx = torch.zeros((n, c, math.prod(spec.input_size)), dtype=g.dtype, device=g.device)
-        gx = gx.scatter_add(2, flat, g.reshape(n, c, windows))
+        gx = host_zeros((n, c, math.prod(spec.input_size)), g.dtype)
+        if torch.is_grad_enabled():  # double backward: recorded, out of place
+            flat = torch.take(
+                table,
+                code.reshape(n, c, windows).long().mul_(windows).add_(torch.arange(windows, device=g.device)),
+            )
+            gx = gx.scatter_add(2, flat, g.reshape(n, c, windows))
+        else:
+            for b in batch_chunks(tuple(code.shape)):  # int64 indices a chunk at a time
+                flat = (
+                    code[b]
+                    .reshape(-1, c, windows)
+                    .long()
+                    .mul_(windows)
+                    .add_(torch.arange(windows, device=g.device))
+                )
+                gx[b].scatter_add_(2, torch.take(table, flat), g[b].reshape(-1, c, windows))
         return (gx.reshape(n, c, *spec.input_size), None, *([None] * len(kept)))
 
 
