@@ -13,7 +13,7 @@ every case. The children run two at a time, longest first.
 
 The children run verbosely, so a log names each test before it runs. A child
 killed by a signal (TensorFlow's CPU runtime has segfaulted once inside
-``Model.fit`` on CI, in a test that passes in hundreds of local runs) is run
+``Model.fit`` on CI, which about 15 local runs did not reproduce) is run
 once more from the start; the crash and the test it hit are printed either
 way, and a second crash, or any ordinary failure, fails this test.
 """

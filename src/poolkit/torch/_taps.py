@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -426,6 +426,8 @@ def first_max(v: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.where(nan.any(dim, keepdim=True), last_nan, first)
 
 
+_T = TypeVar("_T")
+
 # Output elements per batch chunk of the CPU tap loops: a chunk's working buffers stay in the cache
 # between the many passes each tap makes over them (about 3x faster per pass than streaming the
 # whole batch through memory), while the per-op overhead of more chunks stays small.
@@ -434,10 +436,33 @@ CHUNK = 1 << 18
 
 def batch_chunks(out: Sequence[int]) -> list[slice]:
     """Batch slices of about ``CHUNK`` output elements (at least one sample each), for eager-CPU
-    tap loops that make many passes (DPP, stochastic pooling)."""
+    loops that make many passes over each chunk (DPP, stochastic, gated, tree, S3 and max-blur's
+    stride-1 maximum)."""
     n, per = int(out[0]), max(1, math.prod(int(v) for v in out[1:]))
     step = max(1, CHUNK // per)
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def per_chunk(make: Callable[[int], _T]) -> Callable[[slice], _T]:
+    """A getter of ``make(n)``'s buffers for a batch chunk of ``n`` samples, reused from chunk to
+    chunk and made anew only when a chunk's length changes (only the last one can be shorter)."""
+    made: dict[int, _T] = {}
+
+    def get(b: slice) -> _T:
+        n = b.stop - b.start
+        if n not in made:
+            made.clear()
+            made[n] = make(n)
+        return made[n]
+
+    return get
+
+
+def chunk_buffers(
+    out: Sequence[int], dtype: torch.dtype, count: int
+) -> Callable[[slice], list[torch.Tensor]]:
+    """:func:`per_chunk` of ``count`` buffers shaped like a batch chunk of the output ``out``."""
+    return per_chunk(lambda n: [host_empty((n, *out[1:]), dtype) for _ in range(count)])
 
 
 class Polyphase:
@@ -446,11 +471,12 @@ class Polyphase:
     Along an axis with stride ``s``, tap ``k`` of output ``o`` reads input
     ``s o + k d - p``: every tap reads one phase ``r = (k d - p) mod s`` (the
     samples ``r, r + s, ...``) at outputs shifted by a whole number of phase
-    samples. :meth:`split` copies each phase a tap reads into a dense buffer
-    once (``prod(stride)`` strided copies together the size of the input, where
-    a loop over strided tap views copies ``prod(kernel_size)`` of them), so
-    every tap is a unit-stride slice of a phase; :meth:`merge` interleaves
-    phase-shaped gradients back into an input-shaped one.
+    samples. :meth:`chunks` copies each phase a tap reads into a dense buffer,
+    a batch chunk at a time (``prod(stride)`` strided copies together the size
+    of the chunk, where a loop over strided tap views copies ``prod(kernel_size)``
+    of them), so every tap is a unit-stride slice of a phase;
+    :meth:`gradient_chunks` interleaves phase-shaped gradients back into an
+    input-shaped one (:meth:`merge_into`).
 
     ``taps[t]`` is ``(out_index, phase, phase_index)`` for tap ``t`` (row-major,
     as :func:`tap_ranges`), or None where every output's tap falls in padding
@@ -480,12 +506,6 @@ class Polyphase:
             *(slice(r, None, ax.stride) for r, ax in zip(phase, self.spec.axes)),
         )
 
-    def split(self, x: torch.Tensor) -> dict[tuple[int, ...], torch.Tensor]:
-        """The phases the taps read, each a dense copy (``x`` itself at unit strides)."""
-        if all(ax.stride == 1 for ax in self.spec.axes):
-            return {p: x for p in self.phases}
-        return {p: b.copy_(x[self._index(p)]) for p, b in self.buffers(x).items()}
-
     def chunks(
         self, x: torch.Tensor, out: Sequence[int], writable: bool = False
     ) -> Iterator[tuple[slice, dict[tuple[int, ...], torch.Tensor]]]:
@@ -493,28 +513,32 @@ class Polyphase:
         phases, split into buffers reused from chunk to chunk (valid until the next one). At unit
         strides the phase is the chunk of ``x`` itself, unless ``writable`` asks for a copy."""
         copy = writable or any(ax.stride > 1 for ax in self.spec.axes)
-        bufs: dict[tuple[int, ...], torch.Tensor] = {}
+        bufs = per_chunk(lambda n: self.buffers(x[:n]))
         for b in batch_chunks(out):
-            if copy and (not bufs or next(iter(bufs.values())).shape[0] != b.stop - b.start):
-                bufs = self.buffers(x[b])
             if not copy:
-                yield b, self.split(x[b])
+                yield b, {p: x[b] for p in self.phases}
             else:
-                yield b, {p: bufs[p].copy_(x[b][self._index(p)]) for p in self.phases}
+                yield b, {p: v.copy_(x[b][self._index(p)]) for p, v in bufs(b).items()}
 
-    def buffers(self, like: torch.Tensor, zero: bool = False) -> dict[tuple[int, ...], torch.Tensor]:
-        """Phase-shaped buffers for ``like`` (zeroed with ``zero``)."""
-        return {p: host_empty(like[self._index(p)].shape, like.dtype, zero=zero) for p in self.phases}
+    def gradient_chunks(
+        self, x: torch.Tensor, out: Sequence[int], gx: torch.Tensor, split: bool = True
+    ) -> Iterator[
+        tuple[slice, dict[tuple[int, ...], torch.Tensor] | None, dict[tuple[int, ...], torch.Tensor]]
+    ]:
+        """:meth:`chunks` for a backward: each batch chunk, its phases (None unless ``split``) and
+        its zeroed phase-shaped gradient, which is interleaved into ``gx[b]`` (a :meth:`gradient`)
+        when the caller moves on to the next chunk, while it is still cached."""
+        grads = per_chunk(lambda n: self.buffers(x[:n]))
+        for b, phases in self.chunks(x, out) if split else ((b, None) for b in batch_chunks(out)):
+            gph = grads(b)
+            for v in gph.values():
+                v.zero_()
+            yield b, phases, gph
+            self.merge_into(gph, gx[b])
 
-    def zeros(self, like: torch.Tensor) -> dict[tuple[int, ...], torch.Tensor]:
-        """Zeroed phase-shaped buffers for a gradient (see :meth:`merge`)."""
-        return self.buffers(like, zero=True)
-
-    def merge(self, parts: dict[tuple[int, ...], torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-        """An input-shaped tensor holding ``parts`` at their phases, zero at phases no tap reads."""
-        if all(ax.stride == 1 for ax in self.spec.axes):
-            return parts[self.phases[0]]
-        return self.merge_into(parts, self.gradient(like))
+    def buffers(self, like: torch.Tensor) -> dict[tuple[int, ...], torch.Tensor]:
+        """Phase-shaped buffers for ``like``."""
+        return {p: host_empty(like[self._index(p)].shape, like.dtype) for p in self.phases}
 
     def gradient(self, like: torch.Tensor) -> torch.Tensor:
         """An input-shaped buffer for :meth:`merge_into`, zeroed where phases no tap reads lie."""
@@ -522,7 +546,7 @@ class Polyphase:
         return host_empty(like.shape, like.dtype, zero=not every)
 
     def merge_into(self, parts: dict[tuple[int, ...], torch.Tensor], out: torch.Tensor) -> torch.Tensor:
-        """Write ``parts`` at their phases of ``out`` (a :meth:`gradient`, or a batch slice of one)."""
+        """Write ``parts`` at their phases of ``out`` (a batch slice of a :meth:`gradient`)."""
         for p, v in parts.items():
             out[self._index(p)].copy_(v)
         return out

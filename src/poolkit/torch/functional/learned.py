@@ -44,7 +44,7 @@ from .._core import (
 from .._taps import (
     Polyphase,
     TapAdjoint,
-    batch_chunks,
+    chunk_buffers,
     dense_taps,
     tap_index,
     tap_ranges,
@@ -153,7 +153,7 @@ class _WindowDots(torch.autograd.Function):
     """:func:`_dots` saving ``x`` and ``w`` (autograd through the tap loop would allocate an
     input-sized gradient per tap in the backward). No padded copy: the loops read and write each
     tap's in-range samples (:func:`~poolkit.torch._taps.tap_ranges`); on eager CPU calls from
-    :class:`~poolkit.torch._taps.Polyphase` phases, kept for the backward."""
+    :class:`~poolkit.torch._taps.Polyphase` phases, a batch chunk at a time in both passes."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
@@ -200,15 +200,9 @@ def _phase_dots_adjoint(
     poly = Polyphase(spec)
     gx = poly.gradient(x)
     gw = torch.zeros((j, gr.shape[2], k), dtype=gr.dtype) if want_w else None
-    chunks = poly.chunks(x, out) if want_w else ((b, None) for b in batch_chunks(out))
-    gph: dict[tuple[int, ...], torch.Tensor] = {}
-    for b, phases in chunks:
-        if not gph or next(iter(gph.values())).shape[0] != b.stop - b.start:
-            gph = poly.zeros(x[b])
-            term, prod = (host_empty((b.stop - b.start, *out[1:]), gr.dtype) for _ in range(2))
-        else:
-            for v in gph.values():
-                v.zero_()
+    work = chunk_buffers(out, gr.dtype, 2)
+    for b, phases, gph in poly.gradient_chunks(x, out, gx, split=want_w):
+        term, prod = work(b)
         grb = gr[:, b]
         for t, tap in enumerate(poly.taps):
             if tap is None:
@@ -218,11 +212,10 @@ def _phase_dots_adjoint(
             for i in range(1, j):
                 tt.addcmul_(grb[i][oi], wb[i, ..., t])
             gph[ph][pi].add_(tt)
-            if gw is not None and phases is not None:
+            if gw is not None and phases is not None:  # phases are split where gw is wanted
                 v = phases[ph][pi]
                 for i in range(j):
                     gw[i, :, t] += torch.mul(grb[i][oi], v, out=prod[oi]).sum(dim=plane)
-        poly.merge_into(gph, gx[b])
     if gw is None:
         return gx, None, None
     return gx, (gw.sum(dim=1, keepdim=True) if cw == 1 else gw), None
@@ -422,37 +415,31 @@ class _GatedTaps(torch.autograd.Function):
         gz = torch.sub(mx, av, out=host_empty(out, x.dtype)).mul_(g).mul_(s).mul_(sc)
         poly = Polyphase(spec)
         gx = poly.gradient(x)
-        # the 0/1 hits as floats: a product, where a bool mask would cost torch.where a branch
-        # misprediction per element
         plane = (0, *range(2, 2 + spec.ndim))
         gw = torch.zeros(x.shape[1], len(poly.taps), dtype=x.dtype) if ctx.needs_input_grad[1] else None
-        gph: dict[tuple[int, ...], torch.Tensor] = {}
-        for b, phases in poly.chunks(x, out):
-            if not gph or next(iter(gph.values())).shape[0] != b.stop - b.start:
-                gph = poly.zeros(x[b])  # the chunk's gradient by phase, interleaved into gx[b]
-                term, hit, prod = (host_empty((b.stop - b.start, *out[1:]), x.dtype) for _ in range(3))
-            else:
-                for v in gph.values():
-                    v.zero_()
+        work = chunk_buffers(out, x.dtype, 3)
+        for b, phases, gph in poly.gradient_chunks(x, out, gx):
+            assert phases is not None
+            term, hit, prod = work(b)
             gmb, gab, gzb, mxb = gm[b], ga[b], gz[b], mx[b]
             for t, tap in enumerate(poly.taps):
                 if tap is None:
                     continue
                 oi, ph, pi = tap
                 v = phases[ph][pi]
+                # the 0/1 hits as floats: a product, where a bool mask would cost torch.where a
+                # branch misprediction per element
                 tt = torch.mul(gmb[oi], torch.eq(v, mxb[oi], out=hit[oi]), out=term[oi])
                 gmb[oi].sub_(tt)
                 tt.add_(gab[oi]).addcmul_(gzb[oi], wb[..., t])
                 gph[ph][pi].add_(tt)
                 if gw is not None:
                     gw[:, t] += torch.mul(v, gzb[oi], out=prod[oi]).sum(dim=plane)
-            poly.merge_into(gph, gx[b])
         if gw is None:
             return gx, None, None
-        gwt = gw  # (C, K)
-        if w.shape[1] == 1:
-            gwt = gwt.sum(dim=0, keepdim=True)
-        return (gx if ctx.needs_input_grad[0] else None), gwt.reshape(w.shape), None
+        if w.shape[1] == 1:  # gw: (C, K)
+            gw = gw.sum(dim=0, keepdim=True)
+        return (gx if ctx.needs_input_grad[0] else None), gw.reshape(w.shape), None
 
 
 # --------------------------------------------------------------------------- tree
@@ -836,13 +823,11 @@ def _dpp_taps_forward(
     poly = Polyphase(spec)
     hl, la = lam / 2, torch.log(alpha)
     m, lmax, s, y = (host_empty(out, x.dtype) for _ in range(4))
-    work: list[torch.Tensor] = []
+    work = chunk_buffers(out, x.dtype, 3)
     for b, phases in poly.chunks(x, out):
-        if not work or work[0].shape[0] != b.stop - b.start:
-            work = [host_empty((b.stop - b.start, *out[1:]), x.dtype) for _ in range(3)]
-            work[2].fill_(1.0)
+        work(b)[2].fill_(1.0)
         taps = [(oi, phases[ph][pi]) for oi, ph, pi in filter(None, poly.taps)]
-        _dpp_chunk_forward(taps, m[b], lmax[b], s[b], y[b], work, la, hl, geo)
+        _dpp_chunk_forward(taps, m[b], lmax[b], s[b], y[b], work(b), la, hl, geo)
     return y, (m, lmax, s)
 
 
@@ -921,21 +906,15 @@ class _DPPTaps(torch.autograd.Function):
         gx = poly.gradient(x)
         need = (ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         ga = gl = None
-        work: list[torch.Tensor] = []
-        for b, phases in poly.chunks(x, y.shape):
-            if not work or work[0].shape[0] != b.stop - b.start:
-                work = [host_empty((b.stop - b.start, *y.shape[1:]), y.dtype) for _ in range(10)]
-                work[-1].fill_(1.0)
-                gph = poly.zeros(x[b])  # the chunk's gradient by phase, interleaved into gx[b] while cached
-            else:
-                for v in gph.values():
-                    v.zero_()
+        work = chunk_buffers(y.shape, y.dtype, 10)
+        for b, phases, gph in poly.gradient_chunks(x, y.shape, gx):
+            assert phases is not None
+            work(b)[-1].fill_(1.0)
             taps = [(oi, phases[ph][pi], gph[ph][pi]) for oi, ph, pi in filter(None, poly.taps)]
             saved = tuple(t[b] for t in (g, y, m, lmax, s))
-            pa, pl = _dpp_chunk_backward(taps, saved, work, alpha, lam, geo, need)
+            pa, pl = _dpp_chunk_backward(taps, saved, work(b), alpha, lam, geo, need)
             ga = pa if ga is None else ga + pa
             gl = pl if gl is None else gl + pl
-            poly.merge_into(gph, gx[b])
         return gx, ga, gl, None
 
 

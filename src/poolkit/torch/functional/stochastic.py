@@ -46,6 +46,7 @@ from .._taps import (
     Polyphase,
     TapAdjoint,
     batch_chunks,
+    chunk_buffers,
     dense_taps,
     flat_taps,
     native_avg_adjoint,
@@ -215,7 +216,7 @@ def _sample_taps(
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Training-mode sampling on eager CPU calls over :class:`~poolkit.torch._taps.Polyphase` taps
     of ``max(x, 0)``: no padded copy, unit-stride reads, no gather, a batch chunk at a time
-    (:func:`~poolkit.torch._taps.batch_chunks`) in reused buffers. None where a window maximum is
+    (:meth:`~poolkit.torch._taps.Polyphase.chunks`) in reused buffers. None where a window maximum is
     not finite (the generic path's NaN and +inf rules apply).
 
     The generic path's arithmetic in the same order (the weights, their running sum and the
@@ -229,12 +230,10 @@ def _sample_taps(
     kernel = len(poly.taps)
     y = host_empty(out, x.dtype)
     win = host_empty(out, torch.uint8 if kernel < 255 else torch.int32)
-    work: list[torch.Tensor] = []
+    work = chunk_buffers(out, x.dtype, 7)
     for b, phases in poly.chunks(x, out, writable=True):
-        if not work or work[0].shape[0] != b.stop - b.start:
-            work = [host_empty((b.stop - b.start, *out[1:]), x.dtype) for _ in range(7)]
         a = {ph: v.clamp_(min=0) for ph, v in phases.items()}  # copies, even at unit strides
-        if not _sample_chunk(poly, a, u[b], y[b], win[b], work):
+        if not _sample_chunk(poly, a, u[b], y[b], win[b], work(b)):
             return None
     return y, win
 
@@ -668,11 +667,12 @@ class _KeptMax(torch.autograd.Function):
     """Stride-1 'same' max pooling evaluated at the kept positions only (S3Pool on the CPU).
 
     Each kernel tap is gathered at the kept positions (``torch.gather`` along every axis: the
-    gathers are output-sized); taps in the padding read the nearest edge value, which the window
-    holds too, so the maximum and its winner are those of ``-inf`` padding. The winner follows
-    PyTorch's rule (first maximum in row-major order, the last NaN), kept as one byte per output;
-    the backward adds the gradient at the winners with one ``scatter_add`` (deterministic on the
-    CPU, differentiable again). The native stride-1 kernel would build the whole input-sized
+    gathers are output-sized), a batch chunk at a time (:func:`~poolkit.torch._taps.batch_chunks`);
+    taps in the padding read the nearest edge value, which the window holds too, so the maximum
+    and its winner are those of ``-inf`` padding. The winner follows PyTorch's rule (first maximum
+    in row-major order, the last NaN), kept as one byte per output; the backward adds the gradient
+    at the winners with ``scatter_add`` (deterministic on the CPU; a chunk at a time, or in one
+    recorded call for a double backward). The native stride-1 kernel would build the whole input-sized
     maximum map and its int64 indices first.
     """
 
@@ -710,23 +710,17 @@ class _KeptMax(torch.autograd.Function):
             pos = _kept_positions(kept[j], ax) * math.prod(b.size for b in spec.axes[j + 1 :])
             table = (table.unsqueeze(1) + pos.reshape(-1, *shape[1:]).unsqueeze(0)).flatten(0, 1)
         windows = table[0].numel()
+        step = torch.arange(windows, device=g.device)
+
+        def winners(b: slice) -> torch.Tensor:  # flat input positions of chunk b's winners
+            return torch.take(table, code[b].reshape(-1, c, windows).long().mul_(windows).add_(step))
+
         gx = host_zeros((n, c, math.prod(spec.input_size)), g.dtype)
         if torch.is_grad_enabled():  # double backward: recorded, out of place
-            flat = torch.take(
-                table,
-                code.reshape(n, c, windows).long().mul_(windows).add_(torch.arange(windows, device=g.device)),
-            )
-            gx = gx.scatter_add(2, flat, g.reshape(n, c, windows))
+            gx = gx.scatter_add(2, winners(slice(0, n)), g.reshape(n, c, windows))
         else:
             for b in batch_chunks(tuple(code.shape)):  # int64 indices a chunk at a time
-                flat = (
-                    code[b]
-                    .reshape(-1, c, windows)
-                    .long()
-                    .mul_(windows)
-                    .add_(torch.arange(windows, device=g.device))
-                )
-                gx[b].scatter_add_(2, torch.take(table, flat), g[b].reshape(-1, c, windows))
+                gx[b].scatter_add_(2, winners(b), g[b].reshape(-1, c, windows))
         return (gx.reshape(n, c, *spec.input_size), None, *([None] * len(kept)))
 
 
